@@ -1,0 +1,394 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{DEFAULT_LOW_TIME_THRESHOLD, DEFAULT_MAX_TIMEOUT, DEFAULT_TIMEOUT};
+use crate::context::{Deadline, InContext, RequestContext};
+use crate::headers;
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    default_timeout: Duration,
+    max_timeout: Duration,
+    low_time_threshold: Duration,
+    cancel_on_expiry: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_timeout: DEFAULT_TIMEOUT,
+            max_timeout: DEFAULT_MAX_TIMEOUT,
+            low_time_threshold: DEFAULT_LOW_TIME_THRESHOLD,
+            cancel_on_expiry: false,
+        }
+    }
+}
+
+/// Left in the request's extensions by [`ServerDeadline`] for a [`RouteTimeout`] further in,
+/// which needs to know whether the deadline was the caller's or only the server default.
+#[derive(Clone)]
+struct Admission {
+    from_caller: bool,
+    settings: Settings,
+    /// In cancel-on-expiry mode, where the outer layer's timer looks for the deadline, so that a
+    /// route timeout longer than the server default moves the timer instead of being cut by it.
+    expiry: Option<Arc<Mutex<Deadline>>>,
+}
+
+/// Reads the caller's deadline into the request context; refuses requests that cannot finish.
+///
+/// See the [module docs](super) for details and an example.
+#[derive(Debug, Clone, Default)]
+pub struct ServerDeadlineLayer {
+    settings: Settings,
+}
+
+impl ServerDeadlineLayer {
+    /// Defaults: 20 s for requests with no deadline, 60 s at most, 5 ms low-time threshold,
+    /// handlers not cancelled at expiry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The deadline of a request that brought none (aio-request's default: 20 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.default_timeout = timeout;
+        self
+    }
+
+    /// The longest deadline a caller may ask for; longer ones are cut to it, so a hostile
+    /// caller cannot hold the server's resources for days. It caps the default timeout too.
+    pub fn max_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.max_timeout = timeout;
+        self
+    }
+
+    /// Requests with less than this left are refused with a 408 (default 5 ms).
+    pub fn low_time_threshold(mut self, threshold: Duration) -> Self {
+        self.settings.low_time_threshold = threshold;
+        self
+    }
+
+    /// Drop the handler's future when the deadline passes and answer 408 (aio-request's
+    /// `cancel_on_timeout`). Off by default: a handler may have side effects that should finish.
+    pub fn cancel_on_expiry(mut self, cancel: bool) -> Self {
+        self.settings.cancel_on_expiry = cancel;
+        self
+    }
+}
+
+impl<S> Layer<S> for ServerDeadlineLayer {
+    type Service = ServerDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerDeadline {
+            inner,
+            settings: self.settings,
+        }
+    }
+}
+
+/// The service made by [`ServerDeadlineLayer`]. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct ServerDeadline<S> {
+    inner: S,
+    settings: Settings,
+}
+
+impl<S> ServerDeadline<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ServerDeadline<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ServerDeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let settings = self.settings;
+        let from_caller = headers::incoming_timeout(req.headers());
+        let timeout = from_caller
+            .unwrap_or(settings.default_timeout)
+            .min(settings.max_timeout);
+        let deadline = Deadline::after(timeout);
+        let expiry = settings
+            .cancel_on_expiry
+            .then(|| Arc::new(Mutex::new(deadline)));
+        req.extensions_mut().insert(Admission {
+            from_caller: from_caller.is_some(),
+            settings,
+            expiry: expiry.clone(),
+        });
+        admit(&mut self.inner, req, deadline, settings, expiry)
+    }
+}
+
+/// Gives a route its own timeout for requests that brought no deadline.
+///
+/// Inside a [`ServerDeadline`], it replaces the server default for the routes it wraps; a
+/// caller's own deadline still wins, and the server's maximum still caps it. On its own, it acts
+/// as a [`ServerDeadline`] whose default timeout is the route's.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{body::Body, routing::get, Router};
+/// use http::Request;
+/// use tower::ServiceExt;
+/// use tower_lifeline::context::RequestContext;
+/// use tower_lifeline::deadline::{RouteTimeoutLayer, ServerDeadlineLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let left = |ctx: RequestContext| async move {
+///     ctx.deadline().unwrap().remaining().as_secs().to_string()
+/// };
+/// let app = Router::new()
+///     .route("/report", get(left).route_layer(RouteTimeoutLayer::new(Duration::from_secs(45))))
+///     .route("/quick", get(left))
+///     .layer(ServerDeadlineLayer::new());
+///
+/// for (path, expected) in [("/report", "45"), ("/quick", "20")] {
+///     let request = Request::get(path).body(Body::empty()).unwrap();
+///     let body = app.clone().oneshot(request).await.unwrap().into_body();
+///     assert_eq!(axum::body::to_bytes(body, 64).await.unwrap(), expected);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RouteTimeoutLayer {
+    timeout: Duration,
+}
+
+impl RouteTimeoutLayer {
+    /// A route timeout of `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        RouteTimeoutLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for RouteTimeoutLayer {
+    type Service = RouteTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RouteTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`RouteTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct RouteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RouteTimeout<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ServerDeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let outer = req.extensions().get::<Admission>().cloned();
+        let Some(outer) = outer else {
+            // Standalone: a server deadline layer whose default is this route's timeout.
+            let settings = Settings {
+                default_timeout: self.timeout,
+                ..Settings::default()
+            };
+            let timeout = headers::incoming_timeout(req.headers())
+                .unwrap_or(self.timeout)
+                .min(settings.max_timeout);
+            return admit(
+                &mut self.inner,
+                req,
+                Deadline::after(timeout),
+                settings,
+                None,
+            );
+        };
+        let current = req
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|c| c.deadline());
+        let deadline = match current {
+            Some(deadline) if outer.from_caller => deadline,
+            _ => Deadline::after(self.timeout.min(outer.settings.max_timeout)),
+        };
+        // In cancel-on-expiry mode the outer layer's timer is set for the server default. A later
+        // route deadline moves it (the outer timer reads the new one when it fires); an earlier
+        // one needs a timer of its own here.
+        let mut cancel_here = false;
+        if let Some(expiry) = &outer.expiry {
+            let mut shared = expiry.lock().unwrap_or_else(|e| e.into_inner());
+            cancel_here = deadline < *shared;
+            *shared = deadline;
+        }
+        let settings = Settings {
+            cancel_on_expiry: cancel_here,
+            ..outer.settings
+        };
+        admit(&mut self.inner, req, deadline, settings, None)
+    }
+}
+
+/// Refuses the request if too little time is left; otherwise runs the inner service inside the
+/// request context, with a timer when the handler is to be cancelled at expiry.
+fn admit<S, B, ResBody>(
+    inner: &mut S,
+    mut req: Request<B>,
+    deadline: Deadline,
+    settings: Settings,
+    shared_expiry: Option<Arc<Mutex<Deadline>>>,
+) -> ServerDeadlineFuture<S::Future>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    let left = deadline.remaining();
+    if left < settings.low_time_threshold {
+        tracing::debug!(
+            left = ?left,
+            threshold = ?settings.low_time_threshold,
+            "refusing request: too little time left to handle it"
+        );
+        return ServerDeadlineFuture {
+            state: State::Refused,
+        };
+    }
+    let ctx = req
+        .extensions()
+        .get::<RequestContext>()
+        .copied()
+        .unwrap_or_default()
+        .with_deadline(Some(deadline));
+    req.extensions_mut().insert(ctx);
+    let future = ctx.sync_scope(|| inner.call(req));
+    let timer = (settings.cancel_on_expiry || shared_expiry.is_some())
+        .then(|| tokio::time::sleep_until(deadline.instant()));
+    ServerDeadlineFuture {
+        state: State::Running {
+            inner: ctx.scope(future),
+            timer,
+            shared_expiry,
+        },
+    }
+}
+
+fn request_timeout<B: Default>() -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    // The caller's time is gone: another attempt could not finish either.
+    response
+        .headers_mut()
+        .insert(headers::X_DO_NOT_RETRY, headers::FLAG_SET);
+    response
+}
+
+pin_project! {
+    /// The response future of [`ServerDeadline`] and [`RouteTimeout`].
+    pub struct ServerDeadlineFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Refused,
+        Running {
+            #[pin]
+            inner: InContext<F>,
+            #[pin]
+            timer: Option<Sleep>,
+            shared_expiry: Option<Arc<Mutex<Deadline>>>,
+        },
+    }
+}
+
+impl<F> fmt::Debug for ServerDeadlineFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerDeadlineFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ServerDeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Refused => Poll::Ready(Ok(request_timeout())),
+            StateProj::Running {
+                inner,
+                mut timer,
+                shared_expiry,
+            } => {
+                if let Poll::Ready(result) = inner.poll(cx) {
+                    return Poll::Ready(result);
+                }
+                while let Some(mut sleep) = timer.as_mut().as_pin_mut() {
+                    ready!(sleep.as_mut().poll(cx));
+                    // A route timeout may have moved the deadline since the timer was set.
+                    let moved = shared_expiry
+                        .as_ref()
+                        .map(|e| *e.lock().unwrap_or_else(|e| e.into_inner()))
+                        .filter(|d| d.instant() > sleep.deadline());
+                    match moved {
+                        Some(later) => sleep.reset(later.instant()),
+                        None => {
+                            tracing::debug!("deadline passed: handler cancelled");
+                            timer.set(None);
+                            return Poll::Ready(Ok(request_timeout()));
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}

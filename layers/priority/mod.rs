@@ -1,0 +1,137 @@
+//! Priority propagation, server side: `X-Request-Priority` into the request context.
+//!
+//! [`ServerPriorityLayer`] reads the caller's priority (`high`, `normal`, `low`, any case;
+//! `Normal` when absent or malformed) into the [`RequestContext`], in the request's extensions
+//! and as the task-local current context while the handler runs. Client calls made by the handler
+//! then carry it on, normalised (see [`Priority::normalize`]), through the
+//! [propagation layer](crate::propagation). Load shedding reads it to drop low priority first.
+//!
+//! A public edge should not let callers choose their own priority:
+//! [`ServerPriorityLayer::fixed`] ignores the header and gives every request the same one.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{body::Body, routing::get, Router};
+//! use http::Request;
+//! use tower::ServiceExt;
+//! use tower_lifeline::context::{Priority, RequestContext};
+//! use tower_lifeline::priority::ServerPriorityLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let handler = || async { RequestContext::current().unwrap().priority().to_string() };
+//! let trusting = Router::new().route("/", get(handler)).layer(ServerPriorityLayer::new());
+//! let edge = Router::new().route("/", get(handler)).layer(ServerPriorityLayer::fixed(Priority::Low));
+//!
+//! for (app, expected) in [(trusting, "high"), (edge, "low")] {
+//!     let request = Request::get("/").header("x-request-priority", "HIGH").body(Body::empty()).unwrap();
+//!     let body = app.oneshot(request).await.unwrap().into_body();
+//!     assert_eq!(axum::body::to_bytes(body, 16).await.unwrap(), expected);
+//! }
+//! # }
+//! ```
+
+use std::task::{Context, Poll};
+
+use http::Request;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::context::{InContext, Priority, RequestContext};
+use crate::headers;
+
+/// Reads `X-Request-Priority` into the request context. See the [module docs](self).
+#[derive(Debug, Clone, Default)]
+pub struct ServerPriorityLayer {
+    fixed: Option<Priority>,
+    default: Priority,
+}
+
+impl ServerPriorityLayer {
+    /// Trusts the caller's `X-Request-Priority`; `Normal` when it is absent or malformed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ignores the caller's header and gives every request `priority`: for public edges that
+    /// must not let callers promote themselves.
+    pub fn fixed(priority: Priority) -> Self {
+        ServerPriorityLayer {
+            fixed: Some(priority),
+            default: priority,
+        }
+    }
+
+    /// The priority of requests without a well-formed header (default `Normal`).
+    pub fn default_priority(mut self, priority: Priority) -> Self {
+        self.default = priority;
+        self
+    }
+}
+
+impl<S> Layer<S> for ServerPriorityLayer {
+    type Service = ServerPriority<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerPriority {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ServerPriorityLayer`].
+#[derive(Debug, Clone)]
+pub struct ServerPriority<S> {
+    inner: S,
+    layer: ServerPriorityLayer,
+}
+
+impl<S> ServerPriority<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for ServerPriority<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InContext<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let priority = self.layer.fixed.unwrap_or_else(|| {
+            req.headers()
+                .get(headers::X_REQUEST_PRIORITY)
+                .and_then(headers::parse_priority)
+                .unwrap_or(self.layer.default)
+        });
+        let ctx = req
+            .extensions()
+            .get::<RequestContext>()
+            .copied()
+            .unwrap_or_default()
+            .with_priority(priority);
+        req.extensions_mut().insert(ctx);
+        let future = ctx.sync_scope(|| self.inner.call(req));
+        ctx.scope(future)
+    }
+}

@@ -1,0 +1,71 @@
+//! tower-lifeline: the resilience layer for HTTP services built on tower.
+//!
+//! Composable [`tower`] layers that give HTTP clients and servers what the Python library
+//! aio-request gives aiohttp services, speaking the same wire format:
+//!
+//! - **deadline propagation** ([`deadline`]): a caller's remaining time travels in
+//!   `X-Request-Timeout`, every hop inherits it, and work that cannot finish in time is refused
+//!   before it starts;
+//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`.
+//!
+//! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
+//! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
+//!
+//! The request context ([`context`]) is what the layers share: a server layer stores the caller's
+//! deadline and priority, and a client call made anywhere inside the handler inherits them.
+//!
+//! # Example: a server whose handler calls another service
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tower::ServiceBuilder;
+//! use tower_lifeline::ServiceBuilderExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new().route("/", get(|| async { "hello" })).layer(
+//!     ServiceBuilder::new()
+//!         .server_deadline(Duration::from_secs(20))
+//!         .server_priority(),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each layer sits behind a cargo feature of its own name; `full` (the default) turns them all on.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod context;
+pub mod error;
+pub mod headers;
+
+mod builder;
+#[cfg(test)]
+mod test_util;
+pub use builder::ServiceBuilderExt;
+
+#[cfg(feature = "deadline")]
+#[path = "../layers/deadline/mod.rs"]
+pub mod deadline;
+
+#[cfg(feature = "priority")]
+#[path = "../layers/priority/mod.rs"]
+pub mod priority;
+
+#[cfg(feature = "propagation")]
+#[path = "../layers/propagation/mod.rs"]
+pub mod propagation;
+
+pub use context::{Deadline, Priority, RequestContext};
+pub use error::BoxError;
