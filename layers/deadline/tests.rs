@@ -9,6 +9,8 @@ use crate::context::{Deadline, Priority, RequestContext};
 use crate::headers::{X_DO_NOT_RETRY, X_REQUEST_TIMEOUT};
 use crate::test_util::ReadinessChecked;
 
+type Handled = std::pin::Pin<Box<dyn std::future::Future<Output = Response<String>> + Send>>;
+
 /// A handler that reports the remaining deadline it sees, in ms, from the task-local context.
 fn remaining_ms() -> impl FnMut(Request<()>) -> std::future::Ready<Response<String>> + Clone {
     |_req| {
@@ -133,12 +135,7 @@ async fn server_threshold_is_configurable() {
     assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
 }
 
-fn slow(
-    delay: Duration,
-) -> impl FnMut(
-    Request<()>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<String>> + Send>>
-       + Clone {
+fn slow(delay: Duration) -> impl FnMut(Request<()>) -> Handled + Clone {
     move |_req| {
         Box::pin(async move {
             tokio::time::sleep(delay).await;
@@ -248,15 +245,7 @@ async fn server_keeps_a_priority_set_further_out() {
 }
 
 /// A transport that answers after `delay` with the `X-Request-Timeout` it was sent.
-fn transport(
-    delay: Duration,
-) -> ReadinessChecked<
-    impl FnMut(
-            Request<()>,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<String>> + Send>>
-        + Clone,
-> {
+fn transport(delay: Duration) -> ReadinessChecked<impl FnMut(Request<()>) -> Handled + Clone> {
     ReadinessChecked::new(move |req: Request<()>| {
         let sent = req
             .headers()
@@ -266,7 +255,7 @@ fn transport(
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             Response::new(sent)
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Response<String>> + Send>>
+        }) as Handled
     })
 }
 
