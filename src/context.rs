@@ -197,6 +197,29 @@ impl FromStr for Priority {
     }
 }
 
+/// The route template of an outbound request (`/users/{id}`), set by the caller in the request's
+/// extensions. Per-route state (percentile delays, metric labels) is keyed by it instead of the
+/// raw path, whose ids would make every request a new key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteTemplate(std::borrow::Cow<'static, str>);
+
+impl RouteTemplate {
+    /// A template known at compile time.
+    pub const fn new(template: &'static str) -> Self {
+        RouteTemplate(std::borrow::Cow::Borrowed(template))
+    }
+
+    /// A template built at run time.
+    pub fn owned(template: String) -> Self {
+        RouteTemplate(std::borrow::Cow::Owned(template))
+    }
+
+    /// The template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 tokio::task_local! {
     static CURRENT: RequestContext;
 }

@@ -50,6 +50,11 @@ pub const X_CIRCUIT_BREAKER: HeaderName = HeaderName::from_static("x-circuit-bre
 /// `grpc-timeout`: a gRPC deadline, accepted as a deadline source.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// `Idempotency-Key`: marks a request with an unsafe method as safe to retry.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// `Retry-After`: how long the server asks the caller to wait (delta-seconds or HTTP-date).
+pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+
 /// The value `1` used by `X-Do-Not-Retry` and `X-Circuit-Breaker`.
 pub const FLAG_SET: HeaderValue = HeaderValue::from_static("1");
 
@@ -173,6 +178,30 @@ pub fn parse_service_name(value: &HeaderValue) -> Option<&str> {
         return None;
     }
     std::str::from_utf8(bytes).ok()
+}
+
+/// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from the system clock; a date in the past is zero).
+pub fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let bytes = value.as_bytes().trim_ascii();
+    let parsed = if !bytes.is_empty() && bytes.len() <= 10 && bytes.iter().all(u8::is_ascii_digit) {
+        // At most ten digits: fits a u64, and longer waits than 300 years are not meant.
+        Some(Duration::from_secs(
+            bytes.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+        ))
+    } else {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| httpdate::parse_http_date(text).ok())
+            .map(|date| {
+                date.duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
+    };
+    if parsed.is_none() {
+        malformed(&RETRY_AFTER, value);
+    }
+    parsed
 }
 
 /// The incoming timeout of a request: `X-Request-Timeout` if present and well formed, else
@@ -317,6 +346,30 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(
+            parse_retry_after(&value(b"120")),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(&value(b" 0 ")), Some(Duration::ZERO));
+        // A date long past means no wait.
+        assert_eq!(
+            parse_retry_after(&value(b"Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let wait = parse_retry_after(&HeaderValue::from_str(&future).unwrap()).unwrap();
+        assert!(
+            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        for bad in [&b""[..], b"-1", b"1.5", b"soon", b"99999999999", b"\xff"] {
+            assert_eq!(parse_retry_after(&value(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn service_name_is_restricted_to_label_safe_text() {
         assert_eq!(
             parse_service_name(&value(b"billing-api")),
@@ -374,6 +427,7 @@ mod tests {
                 let _ = parse_grpc_timeout(&v);
                 let _ = parse_priority(&v);
                 let _ = parse_service_name(&v);
+                let _ = parse_retry_after(&v);
             }
             // The inner parsers see bytes a HeaderValue would refuse too.
             let _ = parse_seconds(&bytes);

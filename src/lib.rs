@@ -45,6 +45,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
 pub mod classify;
 pub mod context;
 pub mod error;
@@ -66,6 +67,10 @@ pub mod priority;
 #[cfg(feature = "propagation")]
 #[path = "../layers/propagation/mod.rs"]
 pub mod propagation;
+
+#[cfg(feature = "strategy")]
+#[path = "../layers/strategy/mod.rs"]
+pub mod strategy;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

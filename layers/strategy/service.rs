@@ -1,0 +1,803 @@
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::{Delays, LatencyKey, MethodStrategies, PercentileDelays, RetryBudget, Strategy};
+use crate::body::{Replay, ReplayBody, DEFAULT_REPLAY_CAP};
+use crate::classify::{Classify, DefaultClassifier, Verdict};
+use crate::context::{Deadline, RequestContext, RouteTemplate};
+use crate::deadline::DeadlineExceeded;
+use crate::error::BoxError;
+use crate::headers;
+
+/// How the deadline is shared between attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AttemptDeadline {
+    /// Each attempt may use all the time left (the default).
+    #[default]
+    PassThrough,
+    /// aio-request's `split_deadline_between_attempts`: each attempt gets an equal share of
+    /// what is left, so one slow attempt cannot use the time of those after it. The share is
+    /// sent in `X-Request-Timeout` and enforced here.
+    Split,
+}
+
+/// Counters of what the strategy layer did, shared by every service the layer made.
+#[derive(Debug, Default)]
+pub struct StrategyStats {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    hedges: AtomicU64,
+    hedge_wins: AtomicU64,
+    budget_refusals: AtomicU64,
+}
+
+/// A copy of [`StrategyStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyStatsSnapshot {
+    /// Requests that came through the layer.
+    pub requests: u64,
+    /// Sequential retries sent (and rounds of `until_deadline` after the first).
+    pub retries: u64,
+    /// Hedged attempts sent (parallel attempts after the first).
+    pub hedges: u64,
+    /// Requests won by a hedged attempt rather than the first.
+    pub hedge_wins: u64,
+    /// Extra attempts the retry budget refused.
+    pub budget_refusals: u64,
+}
+
+impl StrategyStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StrategyStatsSnapshot {
+        StrategyStatsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
+            hedge_wins: self.hedge_wins.load(Ordering::Relaxed),
+            budget_refusals: self.budget_refusals.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Config<C> {
+    methods: MethodStrategies,
+    classifier: C,
+    budget: Option<Arc<RetryBudget>>,
+    max_retry_after: Duration,
+    replay_cap: usize,
+    attempt_deadline: AttemptDeadline,
+    low_time_threshold: Duration,
+    stats: Arc<StrategyStats>,
+}
+
+/// Sends each request with a [`Strategy`]: one attempt, sequential retries, or hedged attempts.
+///
+/// See the [module docs](super) for the behaviour and an example.
+pub struct StrategyLayer<C = DefaultClassifier> {
+    config: Config<C>,
+}
+
+impl<C: Clone> Clone for StrategyLayer<C> {
+    fn clone(&self) -> Self {
+        StrategyLayer {
+            config: Config {
+                methods: self.config.methods.clone(),
+                classifier: self.config.classifier.clone(),
+                budget: self.config.budget.clone(),
+                max_retry_after: self.config.max_retry_after,
+                replay_cap: self.config.replay_cap,
+                attempt_deadline: self.config.attempt_deadline,
+                low_time_threshold: self.config.low_time_threshold,
+                stats: self.config.stats.clone(),
+            },
+        }
+    }
+}
+
+impl<C> fmt::Debug for StrategyLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrategyLayer")
+            .field("methods", &self.config.methods)
+            .field("budget", &self.config.budget)
+            .field("max_retry_after", &self.config.max_retry_after)
+            .field("replay_cap", &self.config.replay_cap)
+            .field("attempt_deadline", &self.config.attempt_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StrategyLayer {
+    /// Defaults: strategies by method ([`MethodStrategies::new`]), aio-request's classification,
+    /// a retry budget of 20% plus 10 a second, `Retry-After` honoured up to 30 s, bodies buffered
+    /// for replay up to 64 KiB, each attempt given the whole deadline.
+    pub fn new() -> Self {
+        StrategyLayer {
+            config: Config {
+                methods: MethodStrategies::new(),
+                classifier: DefaultClassifier::new(),
+                budget: Some(Arc::new(
+                    RetryBudget::new(0.2, 10).expect("the default budget is valid"),
+                )),
+                max_retry_after: Duration::from_secs(30),
+                replay_cap: DEFAULT_REPLAY_CAP,
+                attempt_deadline: AttemptDeadline::PassThrough,
+                low_time_threshold: crate::deadline::DEFAULT_LOW_TIME_THRESHOLD,
+                stats: Arc::default(),
+            },
+        }
+    }
+}
+
+impl Default for StrategyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> StrategyLayer<C> {
+    /// Every request gets `strategy` (still: never twice for a non-idempotent request without
+    /// `Idempotency-Key`).
+    pub fn strategy(self, strategy: Strategy) -> Self {
+        let methods = MethodStrategies::new()
+            .safe(strategy.clone())
+            .idempotent(strategy.clone())
+            .method(Method::PUT, strategy.clone())
+            .method(Method::DELETE, strategy.clone())
+            .method(Method::POST, strategy.clone())
+            .method(Method::PATCH, strategy);
+        self.methods(methods)
+    }
+
+    /// Strategies chosen by method.
+    pub fn methods(mut self, methods: MethodStrategies) -> Self {
+        self.config.methods = methods;
+        self
+    }
+
+    /// Another classifier of responses and errors.
+    pub fn classifier<C2>(self, classifier: C2) -> StrategyLayer<C2> {
+        let c = self.config;
+        StrategyLayer {
+            config: Config {
+                methods: c.methods,
+                classifier,
+                budget: c.budget,
+                max_retry_after: c.max_retry_after,
+                replay_cap: c.replay_cap,
+                attempt_deadline: c.attempt_deadline,
+                low_time_threshold: c.low_time_threshold,
+                stats: c.stats,
+            },
+        }
+    }
+
+    /// The retry budget, shared by every request through this layer; `None` for no budget
+    /// (not advised: a failing backend then sees every retry).
+    pub fn budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.config.budget = budget.map(Arc::new);
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default 30 s); a longer one is cut to it.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
+        self
+    }
+
+    /// How much of a streaming body is buffered for replay (default 64 KiB).
+    pub fn replay_cap(mut self, bytes: usize) -> Self {
+        self.config.replay_cap = bytes;
+        self
+    }
+
+    /// How attempts share the deadline (default [`AttemptDeadline::PassThrough`]).
+    pub fn attempt_deadline(mut self, mode: AttemptDeadline) -> Self {
+        self.config.attempt_deadline = mode;
+        self
+    }
+
+    /// No extra attempt starts with less than this left before the deadline (default 5 ms).
+    pub fn low_time_threshold(mut self, threshold: Duration) -> Self {
+        self.config.low_time_threshold = threshold;
+        self
+    }
+
+    /// The layer's counters, shared with every service it makes.
+    pub fn stats(&self) -> Arc<StrategyStats> {
+        self.config.stats.clone()
+    }
+
+    /// The layer's retry budget, if it has one.
+    pub fn retry_budget(&self) -> Option<Arc<RetryBudget>> {
+        self.config.budget.clone()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for StrategyLayer<C> {
+    type Service = StrategyService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StrategyService {
+            inner,
+            config: Arc::new(self.clone().config),
+        }
+    }
+}
+
+/// The service made by [`StrategyLayer`].
+pub struct StrategyService<S, C = DefaultClassifier> {
+    inner: S,
+    config: Arc<Config<C>>,
+}
+
+impl<S: Clone, C> Clone for StrategyService<S, C> {
+    fn clone(&self) -> Self {
+        StrategyService {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for StrategyService<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrategyService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> StrategyService<S, C> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type Outcome<R> = Result<Response<R>, BoxError>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, C, B, ResBody> Service<Request<B>> for StrategyService<S, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+    C: Classify,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = StrategyFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let config = &self.config;
+        bump(&config.stats.requests);
+        if let Some(budget) = &config.budget {
+            budget.deposit();
+        }
+        let strategy = config.methods.choose(
+            req.method(),
+            req.headers().contains_key(headers::IDEMPOTENCY_KEY),
+            req.extensions().get::<Strategy>(),
+        );
+        if !strategy.may_repeat() {
+            // One attempt: no buffer, no box, no clone of the service.
+            return StrategyFuture {
+                kind: Kind::Single {
+                    inner: self.inner.call(req.map(ReplayBody::direct)),
+                },
+            };
+        }
+        let strategy = strategy.clone();
+        let (parts, body) = req.into_parts();
+        let (first_body, replay) = ReplayBody::replayable(body, config.replay_cap);
+        let template = Template {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        };
+        let deadline = template
+            .extensions
+            .get::<Deadline>()
+            .copied()
+            .or_else(|| RequestContext::current().and_then(|c| c.deadline()));
+        let latency_key = strategy_tracker(&strategy).map(|_| template.latency_key());
+        let mut attempts = Attempts {
+            service: self.inner.clone(),
+            template,
+            replay,
+            config: self.config.clone(),
+            deadline,
+            latency_key,
+            tracker: strategy_tracker(&strategy).cloned(),
+            launched: 0,
+        };
+        // The first attempt goes to the instance `poll_ready` readied; later ones to clones,
+        // each readied on its own.
+        let planned = planned_attempts(&strategy);
+        let (request, attempt_deadline) = attempts.request(first_body, planned);
+        let first = attempts.track(self.inner.call(request), attempt_deadline);
+        StrategyFuture {
+            kind: Kind::Many {
+                future: Box::pin(async move { attempts.run(strategy, first).await }),
+            },
+        }
+    }
+}
+
+fn strategy_tracker(strategy: &Strategy) -> Option<&PercentileDelays> {
+    match strategy {
+        Strategy::Single => None,
+        Strategy::Sequential { delays, .. } | Strategy::Parallel { delays, .. } => delays.tracker(),
+        Strategy::UntilDeadline { inner, delays } => {
+            strategy_tracker(inner).or_else(|| delays.tracker())
+        }
+    }
+}
+
+fn planned_attempts(strategy: &Strategy) -> u32 {
+    match strategy {
+        Strategy::Single => 1,
+        Strategy::Sequential { attempts, .. } | Strategy::Parallel { attempts, .. } => *attempts,
+        Strategy::UntilDeadline { inner, .. } => planned_attempts(inner),
+    }
+}
+
+/// What every attempt's request is made from.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Template {
+    fn latency_key(&self) -> LatencyKey {
+        let destination = match (self.uri.scheme_str(), self.uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            (None, Some(authority)) => authority.to_string(),
+            _ => String::new(),
+        };
+        let route = match self.extensions.get::<RouteTemplate>() {
+            Some(route) => route.as_str().to_owned(),
+            None => self.uri.path().to_owned(),
+        };
+        LatencyKey::new(destination, route)
+    }
+}
+
+/// One attempt's result, with what the layer needs to judge it.
+struct Attempted<R> {
+    number: u32,
+    latency: Duration,
+    outcome: Outcome<R>,
+}
+
+/// The state of one request's attempts.
+struct Attempts<S, C, B> {
+    service: S,
+    template: Template,
+    replay: Replay<B>,
+    config: Arc<Config<C>>,
+    /// The deadline of the whole request, when there is one.
+    deadline: Option<Deadline>,
+    latency_key: Option<LatencyKey>,
+    tracker: Option<PercentileDelays>,
+    launched: u32,
+}
+
+enum Event<R> {
+    Done(Attempted<R>),
+    StartNext,
+}
+
+impl<S, C, B, ResBody> Attempts<S, C, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+    C: Classify,
+{
+    /// The next attempt's request, and its own deadline when attempts split the deadline.
+    fn request(
+        &mut self,
+        body: ReplayBody<B>,
+        attempts_left: u32,
+    ) -> (Request<ReplayBody<B>>, Option<Deadline>) {
+        let t = &self.template;
+        let mut request = Request::new(body);
+        *request.method_mut() = t.method.clone();
+        *request.uri_mut() = t.uri.clone();
+        *request.version_mut() = t.version;
+        *request.headers_mut() = t.headers.clone();
+        *request.extensions_mut() = t.extensions.clone();
+        let own = match (self.config.attempt_deadline, self.deadline) {
+            (AttemptDeadline::Split, Some(deadline)) => {
+                let share = deadline.split(attempts_left);
+                // The propagation layer below sends this attempt's share.
+                request.extensions_mut().insert(share);
+                Some(share)
+            }
+            _ => None,
+        };
+        (request, own)
+    }
+
+    /// Wraps an attempt's future: numbers it, times it, gives it a span, and enforces its own
+    /// deadline when attempts split the deadline.
+    fn track<F, E>(
+        &mut self,
+        future: F,
+        own_deadline: Option<Deadline>,
+    ) -> BoxFuture<Attempted<ResBody>>
+    where
+        F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let number = self.launched;
+        self.launched += 1;
+        let span = tracing::debug_span!("attempt", number);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let outcome = match own_deadline {
+                    Some(deadline) => {
+                        let allowed = deadline.remaining();
+                        match tokio::time::timeout_at(deadline.instant(), future).await {
+                            Ok(outcome) => outcome.map_err(Into::into),
+                            Err(_) => Err(Box::new(DeadlineExceeded::elapsed(allowed)) as BoxError),
+                        }
+                    }
+                    None => future.await.map_err(Into::into),
+                };
+                Attempted {
+                    number,
+                    latency: started.elapsed(),
+                    outcome,
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Starts another attempt on a fresh clone of the service, or `None` when the body can no
+    /// longer be replayed.
+    fn start(&mut self, attempts_left: u32) -> Option<BoxFuture<Attempted<ResBody>>> {
+        let Some(body) = self.replay.replay() else {
+            tracing::debug!("request body outgrew the replay buffer: no further attempts");
+            return None;
+        };
+        let (request, own_deadline) = self.request(body, attempts_left);
+        let mut service = self.service.clone();
+        let future = async move {
+            service.ready().await.map_err(Into::into)?;
+            service.call(request).await.map_err(Into::into)
+        };
+        Some(self.track::<_, BoxError>(future, own_deadline))
+    }
+
+    /// Whether an extra attempt may start after waiting `wait`: time, body and budget allowing.
+    fn may_start_extra(&self, wait: Duration, kind: &'static str) -> bool {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.remaining();
+            if left < wait.saturating_add(self.config.low_time_threshold) {
+                tracing::debug!(
+                    kind,
+                    ?wait,
+                    ?left,
+                    "no further attempt: it would pass the deadline"
+                );
+                return false;
+            }
+        }
+        if !self.replay.is_replayable() {
+            tracing::debug!(
+                kind,
+                "no further attempt: the request body cannot be replayed"
+            );
+            return false;
+        }
+        if let Some(budget) = &self.config.budget {
+            if !budget.try_withdraw() {
+                bump(&self.config.stats.budget_refusals);
+                tracing::info!(kind, "no further attempt: the retry budget is spent");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Judges a finished attempt and learns its latency if accepted.
+    fn judge(&self, attempted: Attempted<ResBody>) -> (Outcome<ResBody>, Verdict, u32) {
+        let classifier = &self.config.classifier;
+        let verdict = match &attempted.outcome {
+            Ok(response) => classifier.classify_response(response.status(), response.headers()),
+            Err(error) => classifier.classify_error(error.as_ref()),
+        };
+        tracing::debug!(
+            number = attempted.number,
+            latency = ?attempted.latency,
+            ?verdict,
+            status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
+            "attempt finished"
+        );
+        if verdict == Verdict::Accept {
+            if let (Some(tracker), Some(key)) = (&self.tracker, &self.latency_key) {
+                tracker.record(key, attempted.latency);
+            }
+        }
+        (attempted.outcome, verdict, attempted.number)
+    }
+
+    /// The wait a rejected 429 or 503 asks for, capped.
+    fn retry_after(&self, outcome: &Outcome<ResBody>) -> Option<Duration> {
+        let response = outcome.as_ref().ok()?;
+        if !matches!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            return None;
+        }
+        let wait = headers::parse_retry_after(response.headers().get(headers::RETRY_AFTER)?)?;
+        Some(wait.min(self.config.max_retry_after))
+    }
+
+    fn delay(&self, delays: &Delays, k: u32) -> Duration {
+        delays.delay_for(k, self.latency_key.as_ref())
+    }
+
+    async fn run(
+        &mut self,
+        strategy: Strategy,
+        first: BoxFuture<Attempted<ResBody>>,
+    ) -> Outcome<ResBody> {
+        match strategy {
+            Strategy::UntilDeadline { inner, delays } => {
+                self.until_deadline(&inner, &delays, first).await
+            }
+            other => self.round(&other, first).await.0,
+        }
+    }
+
+    async fn round(
+        &mut self,
+        strategy: &Strategy,
+        first: BoxFuture<Attempted<ResBody>>,
+    ) -> (Outcome<ResBody>, Verdict) {
+        let mut strategy = strategy;
+        // A nested `until_deadline` adds nothing inside another: use its inner strategy.
+        while let Strategy::UntilDeadline { inner, .. } = strategy {
+            strategy = inner;
+        }
+        match strategy {
+            Strategy::Sequential { attempts, delays } => {
+                self.sequential(*attempts, delays, first).await
+            }
+            Strategy::Parallel { attempts, delays } => {
+                self.parallel(*attempts, delays, first).await
+            }
+            _ => {
+                // Await first, then judge: `&self` held across an await would need `S: Sync`.
+                let done = first.await;
+                let (outcome, verdict, _) = self.judge(done);
+                (outcome, verdict)
+            }
+        }
+    }
+
+    async fn sequential(
+        &mut self,
+        attempts: u32,
+        delays: &Delays,
+        first: BoxFuture<Attempted<ResBody>>,
+    ) -> (Outcome<ResBody>, Verdict) {
+        let done = first.await;
+        let (mut outcome, mut verdict, _) = self.judge(done);
+        for k in 1..attempts {
+            if verdict == Verdict::Accept {
+                break;
+            }
+            let wait = self
+                .retry_after(&outcome)
+                .unwrap_or_else(|| self.delay(delays, k));
+            if !self.may_start_extra(wait, "retry") {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            let Some(next) = self.start(attempts - k) else {
+                break;
+            };
+            bump(&self.config.stats.retries);
+            let done = next.await;
+            (outcome, verdict, _) = self.judge(done);
+        }
+        (outcome, verdict)
+    }
+
+    async fn parallel(
+        &mut self,
+        attempts: u32,
+        delays: &Delays,
+        first: BoxFuture<Attempted<ResBody>>,
+    ) -> (Outcome<ResBody>, Verdict) {
+        let started = Instant::now();
+        let mut in_flight = vec![first];
+        let mut launched = 1;
+        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1)
+            .then(|| Box::pin(tokio::time::sleep_until(started + self.delay(delays, 1))));
+        let mut last_rejected = None;
+        loop {
+            let event = poll_fn(|cx| {
+                for i in 0..in_flight.len() {
+                    if let Poll::Ready(done) = in_flight[i].as_mut().poll(cx) {
+                        drop(in_flight.swap_remove(i));
+                        return Poll::Ready(Event::Done(done));
+                    }
+                }
+                match next.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Event::StartNext),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            match event {
+                Event::Done(done) => {
+                    let (outcome, verdict, number) = self.judge(done);
+                    if verdict == Verdict::Accept {
+                        if number > 0 {
+                            bump(&self.config.stats.hedge_wins);
+                            tracing::debug!(number, "hedged attempt won");
+                        }
+                        // Returning drops the attempts still in flight: hyper cancels them.
+                        return (outcome, verdict);
+                    }
+                    let pushback = self.retry_after(&outcome);
+                    last_rejected = Some((outcome, verdict));
+                    if launched >= attempts {
+                        if in_flight.is_empty() {
+                            break;
+                        }
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let scheduled = next.as_ref().map(|sleep| sleep.deadline());
+                    let at = match (pushback, in_flight.is_empty()) {
+                        // The server asked for a pause: no attempt before it is over.
+                        (Some(wait), _) => scheduled.map_or(now + wait, |s| s.max(now + wait)),
+                        // Everything in flight failed: the next attempt need not wait its turn.
+                        (None, true) => now,
+                        (None, false) => continue,
+                    };
+                    next = Some(Box::pin(tokio::time::sleep_until(at)));
+                }
+                Event::StartNext => {
+                    next = None;
+                    if self.may_start_extra(Duration::ZERO, "hedge") {
+                        if let Some(attempt) = self.start(attempts - launched) {
+                            bump(&self.config.stats.hedges);
+                            tracing::debug!(number = launched, "hedged attempt started");
+                            in_flight.push(attempt);
+                            launched += 1;
+                            if launched < attempts {
+                                let at =
+                                    (started + self.delay(delays, launched)).max(Instant::now());
+                                next = Some(Box::pin(tokio::time::sleep_until(at)));
+                            }
+                            continue;
+                        }
+                    }
+                    // No more attempts will start: wait for those in flight, if any.
+                    launched = attempts;
+                    if in_flight.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        last_rejected.unwrap_or_else(|| (Err("no attempt finished".into()), Verdict::Reject))
+    }
+
+    async fn until_deadline(
+        &mut self,
+        inner: &Strategy,
+        delays: &Delays,
+        first: BoxFuture<Attempted<ResBody>>,
+    ) -> Outcome<ResBody> {
+        let (mut outcome, mut verdict) = self.round(inner, first).await;
+        let mut round = 1;
+        while verdict == Verdict::Reject && self.deadline.is_some() {
+            let wait = self
+                .retry_after(&outcome)
+                .unwrap_or_else(|| self.delay(delays, round));
+            if !self.may_start_extra(wait, "round") {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            let Some(first) = self.start(planned_attempts(inner)) else {
+                break;
+            };
+            bump(&self.config.stats.retries);
+            (outcome, verdict) = self.round(inner, first).await;
+            round += 1;
+        }
+        outcome
+    }
+}
+
+pin_project! {
+    /// The response future of [`StrategyService`]. A single attempt is the inner future
+    /// itself; only requests that may take several attempts are boxed.
+    pub struct StrategyFuture<F, ResBody> {
+        #[pin]
+        kind: Kind<F, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, ResBody> {
+        Single { #[pin] inner: F },
+        Many { future: BoxFuture<Outcome<ResBody>> },
+    }
+}
+
+impl<F, ResBody> fmt::Debug for StrategyFuture<F, ResBody> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrategyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, ResBody> Future for StrategyFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Outcome<ResBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Single { inner } => inner.poll(cx).map_err(Into::into),
+            KindProj::Many { future } => future.as_mut().poll(cx),
+        }
+    }
+}
