@@ -283,7 +283,7 @@ where
         match &self.inner {
             Inner::Direct { body } => body.size_hint(),
             // Unread, a copy has the original's size: hyper sends it as Content-Length.
-            Inner::Shared { reader } if reader.position == 0 => lock(&reader.shared).hint.clone(),
+            Inner::Shared { reader } if reader.position == 0 => lock(&reader.shared).hint,
             Inner::Shared { .. } => SizeHint::default(),
         }
     }

@@ -50,6 +50,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         default_timeout: Duration,
     ) -> ServiceBuilder<Stack<crate::deadline::ClientDeadlineLayer, L>>;
 
+    /// Request strategies ([`StrategyLayer`](crate::strategy::StrategyLayer)): by method, with
+    /// the default retry budget. Put it under `client_deadline` and over `propagate`.
+    #[cfg(feature = "strategy")]
+    fn strategy(
+        self,
+        layer: crate::strategy::StrategyLayer,
+    ) -> ServiceBuilder<Stack<crate::strategy::StrategyLayer, L>>;
+
     /// Client propagation of deadline, priority and service name
     /// ([`PropagateLayer`](crate::propagation::PropagateLayer)).
     #[cfg(feature = "propagation")]
@@ -79,6 +87,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         default_timeout: Duration,
     ) -> ServiceBuilder<Stack<crate::deadline::ClientDeadlineLayer, L>> {
         self.layer(crate::deadline::ClientDeadlineLayer::new().default_timeout(default_timeout))
+    }
+
+    #[cfg(feature = "strategy")]
+    fn strategy(
+        self,
+        layer: crate::strategy::StrategyLayer,
+    ) -> ServiceBuilder<Stack<crate::strategy::StrategyLayer, L>> {
+        self.layer(layer)
     }
 
     #[cfg(feature = "propagation")]

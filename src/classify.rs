@@ -6,6 +6,8 @@
 //! - a response carrying `X-Do-Not-Retry` is accepted, whatever its status;
 //! - 5xx, 408 and 429 are rejected;
 //! - transport errors (refused, reset, timed out) are rejected;
+//! - a call the deadline layer refused to send, for want of time, is final: no time is left
+//!   for another attempt;
 //! - everything else is accepted.
 //!
 //! ```
@@ -87,6 +89,17 @@ impl Classify for DefaultClassifier {
         } else {
             Verdict::Accept
         }
+    }
+
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Verdict {
+        #[cfg(feature = "deadline")]
+        if crate::error::find_source::<crate::deadline::DeadlineExceeded>(error)
+            .is_some_and(|e| !e.was_sent())
+        {
+            return Verdict::Accept;
+        }
+        let _ = error;
+        Verdict::Reject
     }
 }
 

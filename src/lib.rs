@@ -6,7 +6,10 @@
 //! - **deadline propagation** ([`deadline`]): a caller's remaining time travels in
 //!   `X-Request-Timeout`, every hop inherits it, and work that cannot finish in time is refused
 //!   before it starts;
-//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`.
+//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`;
+//! - **request strategies** ([`strategy`]): single attempt, sequential retries with backoff and
+//!   `Retry-After`, parallel (hedged) attempts with fixed or percentile-based delays, under a
+//!   retry budget, never sending a non-idempotent request twice.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.

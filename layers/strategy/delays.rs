@@ -164,9 +164,10 @@ impl Delays {
                 let d = min.saturating_add(multiplier.saturating_mul(k));
                 d.mul_f64(1.0 + jitter * (2.0 * fastrand::f64() - 1.0))
             }
+            // Jitter first, then the cap: a capped delay is exactly the cap, as the guide has it.
             Kind::Exponential { base, max } => doubling(*base)
-                .min(*max)
-                .mul_f64(0.8 + 0.2 * fastrand::f64()),
+                .mul_f64(0.8 + 0.2 * fastrand::f64())
+                .min(*max),
             Kind::FullJitter { base, max } => doubling(*base).min(*max).mul_f64(fastrand::f64()),
             Kind::Percentile(tracker) => tracker.delay(k, key),
         }

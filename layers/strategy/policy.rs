@@ -164,8 +164,8 @@ impl MethodStrategies {
         per_request: Option<&'a Strategy>,
     ) -> &'a Strategy {
         const SINGLE: &Strategy = &Strategy::Single;
-        let never_twice = !has_idempotency_key
-            && !(is_safe(method) || *method == Method::PUT || *method == Method::DELETE);
+        let idempotent = is_safe(method) || *method == Method::PUT || *method == Method::DELETE;
+        let never_twice = !(has_idempotency_key || idempotent);
         let chosen = per_request
             .or_else(|| {
                 self.overrides

@@ -10,7 +10,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -510,7 +509,9 @@ where
         let (request, own_deadline) = self.request(body, attempts_left);
         let mut service = self.service.clone();
         let future = async move {
-            service.ready().await.map_err(Into::into)?;
+            poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
             service.call(request).await.map_err(Into::into)
         };
         Some(self.track::<_, BoxError>(future, own_deadline))
