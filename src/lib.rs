@@ -75,5 +75,9 @@ pub mod propagation;
 #[path = "../layers/strategy/mod.rs"]
 pub mod strategy;
 
+#[cfg(feature = "metrics")]
+#[path = "../layers/metrics/mod.rs"]
+pub mod metrics;
+
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

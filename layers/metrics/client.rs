@@ -1,0 +1,306 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, Opts, Registry};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::labels::{method_label, normalize_path, LabelBudget, OTHER};
+use super::MetricsConfig;
+use crate::context::RouteTemplate;
+use crate::error::{find_source, BoxError};
+use crate::headers;
+
+struct Instruments {
+    call: HistogramVec,
+    attempt: HistogramVec,
+    overflow: IntCounter,
+    call_labels: LabelBudget,
+    attempt_labels: LabelBudget,
+    breaker_values: (&'static str, &'static str),
+    raw_paths: bool,
+}
+
+/// Client metrics: a histogram of whole calls (what the caller saw, retries included) and one of
+/// single attempts (aio-request's transport latency), by endpoint, method, path and status.
+///
+/// Register once; put [`call_layer`](Self::call_layer) outermost in the client stack and
+/// [`attempt_layer`](Self::attempt_layer) under the strategy layer. See the [module docs](super).
+#[derive(Clone)]
+pub struct ClientMetrics {
+    instruments: Arc<Instruments>,
+}
+
+impl fmt::Debug for ClientMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ClientMetrics {
+    /// Registers the client metrics in `registry`. Fails if they are registered there already.
+    pub fn register(registry: &Registry, config: MetricsConfig) -> Result<Self, prometheus::Error> {
+        let names = &config.names;
+        let call = HistogramVec::new(
+            HistogramOpts::new(names.client_duration, names.client_help)
+                .buckets(names.buckets.clone()),
+            &names.client_labels,
+        )?;
+        let attempt = HistogramVec::new(
+            HistogramOpts::new(names.attempt_duration, names.attempt_help)
+                .buckets(names.buckets.clone()),
+            &names.attempt_labels,
+        )?;
+        let overflow = IntCounter::with_opts(Opts::new(
+            "http_client_metric_label_overflow_total",
+            "Client calls and attempts recorded under `other` because the label sets reached their cap.",
+        ))?;
+        registry.register(Box::new(call.clone()))?;
+        registry.register(Box::new(attempt.clone()))?;
+        registry.register(Box::new(overflow.clone()))?;
+        Ok(ClientMetrics {
+            instruments: Arc::new(Instruments {
+                call,
+                attempt,
+                overflow,
+                call_labels: LabelBudget::new(config.max_label_sets),
+                attempt_labels: LabelBudget::new(config.max_label_sets),
+                breaker_values: names.breaker_values,
+                raw_paths: config.raw_paths,
+            }),
+        })
+    }
+
+    /// Measures whole calls; the outermost client layer.
+    pub fn call_layer(&self) -> ClientMetricsLayer {
+        ClientMetricsLayer {
+            instruments: self.instruments.clone(),
+            kind: Kind::Call,
+        }
+    }
+
+    /// Measures each attempt; under the strategy layer.
+    pub fn attempt_layer(&self) -> ClientMetricsLayer {
+        ClientMetricsLayer {
+            instruments: self.instruments.clone(),
+            kind: Kind::Attempt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call,
+    Attempt,
+}
+
+/// Measures client calls or attempts; made by [`ClientMetrics`].
+#[derive(Clone)]
+pub struct ClientMetricsLayer {
+    instruments: Arc<Instruments>,
+    kind: Kind,
+}
+
+impl fmt::Debug for ClientMetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientMetricsLayer")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ClientMetricsLayer {
+    type Service = ClientMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientMetricsService {
+            inner,
+            instruments: self.instruments.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// The service made by [`ClientMetricsLayer`].
+#[derive(Clone)]
+pub struct ClientMetricsService<S> {
+    inner: S,
+    instruments: Arc<Instruments>,
+    kind: Kind,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ClientMetricsService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientMetricsService")
+            .field("inner", &self.inner)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Path {
+    Template(RouteTemplate),
+    Text(Cow<'static, str>),
+}
+
+impl Path {
+    fn as_str(&self) -> &str {
+        match self {
+            Path::Template(t) => t.as_str(),
+            Path::Text(t) => t,
+        }
+    }
+}
+
+/// One call or attempt being measured; dropping it records it (499 if never answered).
+struct Recording {
+    instruments: Arc<Instruments>,
+    kind: Kind,
+    endpoint: String,
+    method: &'static str,
+    path: Path,
+    started: Instant,
+    status: Cow<'static, str>,
+    breaker: bool,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let i = &self.instruments;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let (endpoint, path) = (self.endpoint.as_str(), self.path.as_str());
+        match self.kind {
+            Kind::Call => {
+                let breaker = if self.breaker {
+                    i.breaker_values.0
+                } else {
+                    i.breaker_values.1
+                };
+                let mut labels = [endpoint, self.method, path, &*self.status, breaker];
+                if !i.call_labels.admit(&labels) {
+                    i.overflow.inc();
+                    labels[0] = OTHER;
+                    labels[2] = OTHER;
+                }
+                i.call.with_label_values(&labels).observe(elapsed);
+            }
+            Kind::Attempt => {
+                let mut labels = [endpoint, self.method, path, &*self.status];
+                if !i.attempt_labels.admit(&labels) {
+                    i.overflow.inc();
+                    labels[0] = OTHER;
+                    labels[2] = OTHER;
+                }
+                i.attempt.with_label_values(&labels).observe(elapsed);
+            }
+        }
+    }
+}
+
+fn endpoint_label<B>(req: &Request<B>) -> String {
+    match (req.uri().scheme_str(), req.uri().authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+        (None, Some(authority)) => authority.to_string(),
+        _ => String::from("unknown"),
+    }
+}
+
+/// The status label of a call that ended in an error: `timeout` when a deadline or timeout
+/// ended it, `error` for any other transport failure.
+fn error_status(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    #[cfg(feature = "deadline")]
+    if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
+        return "timeout";
+    }
+    if find_source::<std::io::Error>(error)
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    {
+        return "timeout";
+    }
+    "error"
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ClientMetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ClientMetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = match req.extensions().get::<RouteTemplate>() {
+            Some(template) => Path::Template(template.clone()),
+            None if self.instruments.raw_paths => {
+                Path::Text(Cow::Owned(req.uri().path().to_owned()))
+            }
+            None => Path::Text(Cow::Owned(normalize_path(req.uri().path()))),
+        };
+        let recording = Recording {
+            instruments: self.instruments.clone(),
+            kind: self.kind,
+            endpoint: endpoint_label(&req),
+            method: method_label(req.method()),
+            path,
+            started: Instant::now(),
+            status: Cow::Borrowed("499"),
+            breaker: false,
+        };
+        ClientMetricsFuture {
+            inner: self.inner.call(req),
+            recording: Some(recording),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ClientMetricsService`].
+    pub struct ClientMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        recording: Option<Recording>,
+    }
+}
+
+impl<F> fmt::Debug for ClientMetricsFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientMetricsFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ClientMetricsFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
+        if let Some(mut recording) = this.recording.take() {
+            match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    recording.status = Cow::Owned(status.as_str().to_owned());
+                    recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
+                }
+                Err(error) => recording.status = Cow::Borrowed(error_status(error.as_ref())),
+            }
+        }
+        Poll::Ready(result)
+    }
+}

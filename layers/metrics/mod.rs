@@ -1,0 +1,113 @@
+//! Prometheus metrics for servers and clients.
+//!
+//! **Server** ([`ServerMetrics`]): a latency histogram labelled by client (`X-Service-Name`,
+//! lowercased, `unknown` when absent or malformed), method, route and status, and an in-flight
+//! gauge. The route is axum's [`MatchedPath`](axum::extract::MatchedPath) template, never the
+//! raw path (or a [`RouteTemplate`](crate::context::RouteTemplate) in the request's extensions);
+//! a request that matched no route is `unmatched`. A request is finished when its response body
+//! ends or is dropped, not when the headers are ready, so streamed responses are measured whole.
+//! A request whose future is dropped before it answers (the caller went away) is recorded as
+//! 499, as aio-request does; an error from the inner service as 500.
+//!
+//! **Client** ([`ClientMetrics`]): a histogram of whole calls, labelled endpoint (scheme and
+//! authority), method, path, status and `circuit_breaker` (whether a breaker answered), and one
+//! of single attempts. The path is the caller's `RouteTemplate` if given, else a bounded
+//! normalisation (`/users/42` → `/users/{id}`), or the raw path if
+//! [`MetricsConfig::raw_paths`] opts in. A transport failure has status `error`, or `timeout`
+//! when a deadline or timeout ended it; a call dropped by its caller, `499`.
+//! [`register_strategy`] exposes the strategy layer's retry, hedge and budget counters.
+//!
+//! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
+//! reproduces aio-request's names, labels and buckets exactly.
+//!
+//! **Bounds.** Each histogram has at most [`MetricsConfig::max_label_sets`] label sets (default
+//! 2,000); past that, new combinations are recorded with their open-ended labels (client, route,
+//! endpoint, path) as `other`, and `http_server_metric_label_overflow_total` /
+//! `http_client_metric_label_overflow_total` count how often. Methods outside the standard nine
+//! are `_OTHER`.
+//!
+//! **Exposition.** [`render`] gives the text format; [`route`] serves it from an axum router.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{body::Body, routing::get, Router};
+//! use http::Request;
+//! use prometheus::Registry;
+//! use tower::ServiceExt;
+//! use tower_lifeline::metrics::{self, MetricsConfig, ServerMetrics};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let registry = Registry::new();
+//! let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+//! let app = Router::new()
+//!     .route("/users/{id}", get(|| async { "hello" }))
+//!     .layer(server.layer())
+//!     .route("/metrics", metrics::route(registry.clone()));
+//!
+//! let request = Request::get("/users/42").header("x-service-name", "Billing").body(Body::empty()).unwrap();
+//! let response = app.clone().oneshot(request).await.unwrap();
+//! axum::body::to_bytes(response.into_body(), 1024).await.unwrap(); // the request ends with its body
+//!
+//! let text = metrics::render(&registry).unwrap();
+//! assert!(text.contains(
+//!     r#"http_server_request_duration_seconds_count{client="billing",method="GET",route="/users/{id}",status="200"} 1"#
+//! ));
+//! # }
+//! ```
+
+mod client;
+mod exposition;
+mod labels;
+mod names;
+mod server;
+#[cfg(feature = "strategy")]
+mod strategy;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{ClientMetrics, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
+#[cfg(feature = "axum")]
+pub use exposition::route;
+pub use exposition::{render, response};
+pub use names::MetricNames;
+pub use server::{
+    MeteredBody, ServerMetrics, ServerMetricsFuture, ServerMetricsLayer, ServerMetricsService,
+};
+#[cfg(feature = "strategy")]
+pub use strategy::register_strategy;
+
+/// How the metrics are named and bounded.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Names, labels and buckets (default [`MetricNames::opentelemetry`]).
+    pub names: MetricNames,
+    /// The most label sets one histogram may have before new ones fold into `other`
+    /// (default 2,000).
+    pub max_label_sets: usize,
+    /// Label client metrics with raw request paths instead of normalised ones. Only for
+    /// clients whose paths carry no ids: every distinct path is a series (up to the cap).
+    pub raw_paths: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            names: MetricNames::opentelemetry(),
+            max_label_sets: 2_000,
+            raw_paths: false,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// aio-request's names, labels and buckets, the other settings at their defaults.
+    pub fn aio_request() -> Self {
+        MetricsConfig {
+            names: MetricNames::aio_request(),
+            ..Self::default()
+        }
+    }
+}

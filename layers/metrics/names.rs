@@ -1,0 +1,127 @@
+/// The names, labels and buckets of the metrics: OpenTelemetry's conventions by default, or
+/// aio-request's exactly, so that a service moving from aio-request keeps its dashboards.
+///
+/// ```
+/// use tower_lifeline::metrics::MetricNames;
+///
+/// let aio = MetricNames::aio_request();
+/// assert_eq!(aio.server_duration(), "aio_request_server_latency");
+/// assert_eq!(aio.buckets().first(), Some(&0.005));
+/// assert_eq!(aio.buckets().last(), Some(&20.0));
+/// ```
+#[derive(Debug, Clone)]
+pub struct MetricNames {
+    pub(crate) server_duration: &'static str,
+    pub(crate) server_help: &'static str,
+    /// client, method, route, status
+    pub(crate) server_labels: [&'static str; 4],
+    pub(crate) client_duration: &'static str,
+    pub(crate) client_help: &'static str,
+    /// endpoint, method, path, status, circuit_breaker
+    pub(crate) client_labels: [&'static str; 5],
+    pub(crate) attempt_duration: &'static str,
+    pub(crate) attempt_help: &'static str,
+    /// endpoint, method, path, status
+    pub(crate) attempt_labels: [&'static str; 4],
+    /// The circuit_breaker label's values: (answered by the breaker, not).
+    pub(crate) breaker_values: (&'static str, &'static str),
+    pub(crate) buckets: Vec<f64>,
+}
+
+/// aio-request's buckets, 5 ms to 20 s.
+const AIO_REQUEST_BUCKETS: [f64; 20] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1.0,
+    5.0, 10.0, 15.0, 20.0,
+];
+
+/// OpenTelemetry's advised buckets for HTTP durations, 5 ms to 10 s.
+const OPENTELEMETRY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+impl Default for MetricNames {
+    fn default() -> Self {
+        Self::opentelemetry()
+    }
+}
+
+impl MetricNames {
+    /// Prometheus and OpenTelemetry conventions: `http_server_request_duration_seconds`,
+    /// `http_client_request_duration_seconds`, `http_client_attempt_duration_seconds`.
+    pub fn opentelemetry() -> Self {
+        MetricNames {
+            server_duration: "http_server_request_duration_seconds",
+            server_help: "Duration of HTTP server requests, until the response body ended.",
+            server_labels: ["client", "method", "route", "status"],
+            client_duration: "http_client_request_duration_seconds",
+            client_help: "Duration of HTTP client calls as the caller saw them, retries included.",
+            client_labels: ["endpoint", "method", "path", "status", "circuit_breaker"],
+            attempt_duration: "http_client_attempt_duration_seconds",
+            attempt_help: "Duration of each HTTP client attempt on the transport.",
+            attempt_labels: ["endpoint", "method", "path", "status"],
+            breaker_values: ("true", "false"),
+            buckets: OPENTELEMETRY_BUCKETS.to_vec(),
+        }
+    }
+
+    /// aio-request's names, labels and buckets, exactly: `aio_request_server_latency`,
+    /// `aio_request_latency`, `aio_request_transport_latency`, the `request_*` and `response_*`
+    /// labels, `circuit_breaker` as Python writes a bool (`True`/`False`), buckets 5 ms to 20 s.
+    pub fn aio_request() -> Self {
+        MetricNames {
+            server_duration: "aio_request_server_latency",
+            server_help: "Duration of HTTP server requests.",
+            server_labels: [
+                "request_client",
+                "request_method",
+                "request_path",
+                "response_status",
+            ],
+            client_duration: "aio_request_latency",
+            client_help: "Duration of client requests.",
+            client_labels: [
+                "request_endpoint",
+                "request_method",
+                "request_path",
+                "response_status",
+                "circuit_breaker",
+            ],
+            attempt_duration: "aio_request_transport_latency",
+            attempt_help: "Duration of transport requests.",
+            attempt_labels: [
+                "request_endpoint",
+                "request_method",
+                "request_path",
+                "response_status",
+            ],
+            breaker_values: ("True", "False"),
+            buckets: AIO_REQUEST_BUCKETS.to_vec(),
+        }
+    }
+
+    /// Other histogram buckets, in seconds.
+    pub fn with_buckets(mut self, buckets: Vec<f64>) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
+    /// The server histogram's name.
+    pub fn server_duration(&self) -> &'static str {
+        self.server_duration
+    }
+
+    /// The client (whole call) histogram's name.
+    pub fn client_duration(&self) -> &'static str {
+        self.client_duration
+    }
+
+    /// The per-attempt histogram's name.
+    pub fn attempt_duration(&self) -> &'static str {
+        self.attempt_duration
+    }
+
+    /// The histogram buckets, in seconds.
+    pub fn buckets(&self) -> &[f64] {
+        &self.buckets
+    }
+}

@@ -1,0 +1,317 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::labels::{method_label, LabelBudget, OTHER};
+use super::{MetricNames, MetricsConfig};
+use crate::context::RouteTemplate;
+use crate::headers;
+
+/// The server's instruments, registered once and shared by every request.
+struct Instruments {
+    duration: HistogramVec,
+    in_flight: IntGauge,
+    overflow: IntCounter,
+    labels: LabelBudget,
+}
+
+/// Server metrics: a latency histogram by client, method, route and status, and an in-flight
+/// gauge. Register once, then wrap the routes with [`layer`](Self::layer).
+///
+/// See the [module docs](super) for what is measured and an example.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    instruments: Arc<Instruments>,
+}
+
+impl fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetrics")
+            .field("in_flight", &self.instruments.in_flight.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerMetrics {
+    /// Registers the server metrics in `registry`. Fails if they are registered there already.
+    pub fn register(registry: &Registry, config: MetricsConfig) -> Result<Self, prometheus::Error> {
+        let names: &MetricNames = &config.names;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(names.server_duration, names.server_help)
+                .buckets(names.buckets.clone()),
+            &names.server_labels,
+        )?;
+        let in_flight = IntGauge::new(
+            "http_server_active_requests",
+            "HTTP server requests in flight.",
+        )?;
+        let overflow = IntCounter::with_opts(Opts::new(
+            "http_server_metric_label_overflow_total",
+            "Server requests recorded under `other` because the label sets reached their cap.",
+        ))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(overflow.clone()))?;
+        Ok(ServerMetrics {
+            instruments: Arc::new(Instruments {
+                duration,
+                in_flight,
+                overflow,
+                labels: LabelBudget::new(config.max_label_sets),
+            }),
+        })
+    }
+
+    /// The layer that measures requests.
+    pub fn layer(&self) -> ServerMetricsLayer {
+        ServerMetricsLayer {
+            instruments: self.instruments.clone(),
+        }
+    }
+}
+
+/// Measures each request until its response body ends. Made by [`ServerMetrics::layer`].
+#[derive(Clone)]
+pub struct ServerMetricsLayer {
+    instruments: Arc<Instruments>,
+}
+
+impl fmt::Debug for ServerMetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetricsLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ServerMetricsLayer {
+    type Service = ServerMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerMetricsService {
+            inner,
+            instruments: self.instruments.clone(),
+        }
+    }
+}
+
+/// The service made by [`ServerMetricsLayer`].
+#[derive(Clone)]
+pub struct ServerMetricsService<S> {
+    inner: S,
+    instruments: Arc<Instruments>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ServerMetricsService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetricsService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the route label comes from.
+enum Route {
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    Template(RouteTemplate),
+    Unmatched,
+}
+
+impl Route {
+    fn of<B>(req: &Request<B>) -> Route {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return Route::Matched(matched.clone());
+        }
+        match req.extensions().get::<RouteTemplate>() {
+            Some(template) => Route::Template(template.clone()),
+            None => Route::Unmatched,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            #[cfg(feature = "axum")]
+            Route::Matched(matched) => matched.as_str(),
+            Route::Template(template) => template.as_str(),
+            Route::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// One request being measured. Dropping it records the request: with its status once known,
+/// with 499 if the caller went away before an answer (as aio-request does).
+struct Recording {
+    instruments: Arc<Instruments>,
+    client: Cow<'static, str>,
+    method: &'static str,
+    route: Route,
+    started: Instant,
+    status: Option<StatusCode>,
+}
+
+/// aio-request's status for a request whose caller went away first (nginx's convention).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let instruments = &self.instruments;
+        instruments.in_flight.dec();
+        let status = self
+            .status
+            .unwrap_or_else(|| StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("valid code"));
+        let mut labels = [
+            &*self.client,
+            self.method,
+            self.route.as_str(),
+            status.as_str(),
+        ];
+        if !instruments.labels.admit(&labels) {
+            instruments.overflow.inc();
+            labels[0] = OTHER;
+            labels[2] = OTHER;
+        }
+        instruments
+            .duration
+            .with_label_values(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn client_label<B>(req: &Request<B>) -> Cow<'static, str> {
+    match req
+        .headers()
+        .get(headers::X_SERVICE_NAME)
+        .and_then(headers::parse_service_name)
+    {
+        Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Owned(name.to_ascii_lowercase())
+        }
+        Some(name) => Cow::Owned(name.to_owned()),
+        None => Cow::Borrowed("unknown"),
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ServerMetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ServerMetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.instruments.in_flight.inc();
+        let recording = Recording {
+            instruments: self.instruments.clone(),
+            client: client_label(&req),
+            method: method_label(req.method()),
+            route: Route::of(&req),
+            started: Instant::now(),
+            status: None,
+        };
+        ServerMetricsFuture {
+            inner: self.inner.call(req),
+            recording: Some(recording),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ServerMetricsService`].
+    pub struct ServerMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        recording: Option<Recording>,
+    }
+}
+
+impl<F> fmt::Debug for ServerMetricsFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetricsFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ServerMetricsFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<MeteredBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let mut recording = this.recording.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(recording) = recording.as_mut() {
+                    recording.status = Some(response.status());
+                }
+                // The recording moves into the body: the request ends when the body does.
+                Ok(response.map(|inner| MeteredBody { inner, recording }))
+            }
+            Err(err) => {
+                if let Some(recording) = recording.as_mut() {
+                    recording.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+                }
+                Err(err)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that finishes its request's measurement when it ends or is dropped.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        recording: Option<Recording>,
+    }
+}
+
+impl<B> fmt::Debug for MeteredBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeteredBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            // The end of the body: record now rather than when hyper drops it.
+            drop(this.recording.take());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

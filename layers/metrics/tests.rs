@@ -1,0 +1,160 @@
+use std::time::Duration;
+
+use axum::{body::Body, routing::get, Router};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use prometheus::Registry;
+use tower::ServiceExt;
+
+use super::*;
+
+fn series_count(text: &str, metric: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}_count{{")))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_response_is_measured_until_its_body_ends() {
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async {
+                let (mut sender, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+                tokio::spawn(async move {
+                    sender.send_data(Bytes::from("first")).await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    sender.send_data(Bytes::from("last")).await.unwrap();
+                });
+                Body::new(body)
+            }),
+        )
+        .layer(server.layer());
+    let response = app
+        .oneshot(Request::get("/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    // Headers are here, but the request is not finished.
+    let text = render(&registry).unwrap();
+    assert_eq!(
+        series_count(&text, "http_server_request_duration_seconds"),
+        0,
+        "{text}"
+    );
+    assert!(text.contains("http_server_active_requests 1"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "firstlast");
+    let text = render(&registry).unwrap();
+    assert!(text.contains("http_server_active_requests 0"));
+    let sum_line = text
+        .lines()
+        .find(|l| l.starts_with("http_server_request_duration_seconds_sum{"))
+        .unwrap();
+    let sum: f64 = sum_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(sum >= 2.0, "measured {sum} s, the body took 2 s");
+}
+
+#[tokio::test]
+async fn the_aio_request_preset_has_its_names_labels_and_buckets() {
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::aio_request()).unwrap();
+    let app = Router::new()
+        .route("/thing", get(|| async { "ok" }))
+        .layer(server.layer());
+    let response = app
+        .oneshot(Request::get("/thing").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    let text = render(&registry).unwrap();
+    let labels = r#"request_client="unknown",request_method="GET",request_path="/thing",response_status="200""#;
+    for le in [
+        "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.25", "0.3", "0.35",
+        "0.4", "0.45", "0.5", "0.75", "1", "5", "10", "15", "20", "+Inf",
+    ] {
+        let line = format!(r#"aio_request_server_latency_bucket{{{labels},le="{le}"}} 1"#);
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+    assert_eq!(
+        text.matches("aio_request_server_latency_bucket{").count(),
+        21
+    );
+}
+
+#[tokio::test]
+async fn label_sets_are_capped_and_the_overflow_counted() {
+    let registry = Registry::new();
+    let config = MetricsConfig {
+        max_label_sets: 5,
+        ..MetricsConfig::default()
+    };
+    let server = ServerMetrics::register(&registry, config).unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(server.layer());
+    for i in 0..50 {
+        let request = Request::get("/")
+            .header("x-service-name", format!("caller-{i}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    let text = render(&registry).unwrap();
+    assert_eq!(
+        series_count(&text, "http_server_request_duration_seconds"),
+        6,
+        "5 + other\n{text}"
+    );
+    assert!(
+        text.contains(r#"client="other",method="GET",route="other",status="200"} 45"#),
+        "{text}"
+    );
+    assert!(text.contains("http_server_metric_label_overflow_total 45"));
+}
+
+#[tokio::test]
+async fn hostile_labels_are_bounded() {
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(server.layer());
+    for (method, client) in [
+        ("PURGE", "has space"),
+        ("GET", "quote\"inject"),
+        ("BREW", "UPPER"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri("/nowhere/123")
+            .header("x-service-name", client)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    let text = render(&registry).unwrap();
+    assert!(
+        text.contains(r#"client="unknown",method="_OTHER",route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"client="unknown",method="GET",route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"client="upper",method="_OTHER",route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn registering_twice_in_one_registry_is_an_error_not_a_panic() {
+    let registry = Registry::new();
+    ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    assert!(ServerMetrics::register(&registry, MetricsConfig::default()).is_err());
+}
