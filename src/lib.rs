@@ -79,5 +79,8 @@ pub mod strategy;
 #[path = "../layers/metrics/mod.rs"]
 pub mod metrics;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

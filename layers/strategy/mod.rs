@@ -87,6 +87,6 @@ pub use delays::Delays;
 pub use percentile::{InvalidPercentileSettings, LatencyKey, PercentileDelays, PercentileSettings};
 pub use policy::{MethodStrategies, Strategy};
 pub use service::{
-    AttemptDeadline, StrategyFuture, StrategyLayer, StrategyService, StrategyStats,
+    AttemptCount, AttemptDeadline, StrategyFuture, StrategyLayer, StrategyService, StrategyStats,
     StrategyStatsSnapshot,
 };

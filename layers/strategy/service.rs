@@ -34,6 +34,12 @@ pub enum AttemptDeadline {
     Split,
 }
 
+/// How many attempts a request took, in the extensions of a response to a request whose
+/// strategy allowed more than one. Absent on responses to single-attempt requests (so that they
+/// pay no allocation): read it as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCount(pub u32);
+
 /// Counters of what the strategy layer did, shared by every service the layer made.
 #[derive(Debug, Default)]
 pub struct StrategyStats {
@@ -354,7 +360,14 @@ where
         let first = attempts.track(self.inner.call(request), attempt_deadline);
         StrategyFuture {
             kind: Kind::Many {
-                future: Box::pin(async move { attempts.run(strategy, first).await }),
+                future: Box::pin(async move {
+                    let outcome = attempts.run(strategy, first).await;
+                    let count = AttemptCount(attempts.launched);
+                    outcome.map(|mut response| {
+                        response.extensions_mut().insert(count);
+                        response
+                    })
+                }),
             },
         }
     }

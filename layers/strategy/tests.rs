@@ -124,6 +124,10 @@ async fn sequential_waits_between_attempts_and_returns_the_last_response() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.body(), "call 2");
     assert_eq!(backend.calls(), 3);
+    assert_eq!(
+        response.extensions().get::<AttemptCount>(),
+        Some(&AttemptCount(3))
+    );
     assert_eq!(started.elapsed(), ms(200));
 }
 

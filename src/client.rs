@@ -1,0 +1,589 @@
+//! The client preset: a hyper-util pooled client wrapped in the whole client stack.
+//!
+//! [`Client`] is what most services need from tower-lifeline on the calling side: a base URL,
+//! default headers, a connection pool, HTTP/1.1 and HTTP/2, TLS for `https` (rustls, feature
+//! `tls`), and the layers in the order DESIGN.md gives, outermost first:
+//!
+//! 1. metrics of the whole call (if [`ClientBuilder::metrics`] is set);
+//! 2. deadline: explicit, inherited or default; refuses to send with under 5 ms left;
+//! 3. strategy: by method by default; retries, hedging, budget, `Retry-After`;
+//! 4. metrics of each attempt;
+//! 5. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
+//! 6. transport.
+//!
+//! The same stack is available as layers for users who bring their own service: see the
+//! README's `ServiceBuilder` example.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_lifeline::client::Client;
+//! use tower_lifeline::Priority;
+//!
+//! # async fn run() -> Result<(), tower_lifeline::BoxError> {
+//! let client = Client::builder()
+//!     .base_url("http://inventory:8080/api/")
+//!     .service_name("checkout")
+//!     .build()?;
+//! let response = client
+//!     .get("stock/42")
+//!     .route("/api/stock/{id}")
+//!     .timeout(Duration::from_secs(2))
+//!     .priority(Priority::High)
+//!     .send()
+//!     .await?;
+//! println!("{} after {} attempt(s): {}", response.status(), response.attempts(), response.text().await?);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::body::ReplayBody;
+use crate::context::{Deadline, Priority, RouteTemplate};
+use crate::deadline::ClientDeadlineLayer;
+use crate::error::BoxError;
+use crate::metrics::ClientMetrics;
+use crate::propagation::PropagateLayer;
+use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
+
+/// The request body the preset sends.
+pub type ClientBody = Full<Bytes>;
+
+type Stack = BoxCloneSyncService<Request<ClientBody>, Response<Incoming>, BoxError>;
+
+/// A client configuration the builder refused.
+#[derive(Debug)]
+pub enum ClientBuildError {
+    /// The base URL is not an absolute `http` or `https` URL.
+    InvalidBaseUrl(String),
+    /// A default header's name or value is not valid in HTTP.
+    InvalidHeader(String),
+    /// The service name cannot be sent (see [`PropagateLayer::service_name`]).
+    InvalidServiceName(String),
+    /// `https` needs the `tls` feature.
+    TlsUnavailable,
+}
+
+impl fmt::Display for ClientBuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientBuildError::InvalidBaseUrl(url) => {
+                write!(
+                    f,
+                    "invalid base URL {url:?}: expected an absolute http or https URL"
+                )
+            }
+            ClientBuildError::InvalidHeader(header) => write!(f, "invalid default header {header}"),
+            ClientBuildError::InvalidServiceName(reason) => f.write_str(reason),
+            ClientBuildError::TlsUnavailable => {
+                f.write_str("https needs tower-lifeline's `tls` feature")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientBuildError {}
+
+/// A request the client could not even build: a bad URL or header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest(String);
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid request: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidRequest {}
+
+/// Configures a [`Client`]. See the [module docs](self).
+#[derive(Debug)]
+pub struct ClientBuilder {
+    base_url: Option<String>,
+    default_headers: Vec<(String, String)>,
+    service_name: Option<String>,
+    default_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    pool_idle_timeout: Duration,
+    connect_timeout: Duration,
+    http2_only: bool,
+    strategy: StrategyLayer,
+    metrics: Option<ClientMetrics>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            base_url: None,
+            default_headers: Vec::new(),
+            service_name: None,
+            default_timeout: crate::deadline::DEFAULT_TIMEOUT,
+            pool_max_idle_per_host: 32,
+            pool_idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(5),
+            http2_only: false,
+            strategy: StrategyLayer::new(),
+            metrics: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The URL relative paths are joined to (`http://host:port/api/` + `items` =
+    /// `http://host:port/api/items`; `/items` replaces the base's path).
+    pub fn base_url(mut self, url: &str) -> Self {
+        self.base_url = Some(url.to_owned());
+        self
+    }
+
+    /// A header sent on every request.
+    pub fn default_header(mut self, name: &str, value: &str) -> Self {
+        self.default_headers
+            .push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// This service's name, sent as `X-Service-Name`.
+    pub fn service_name(mut self, name: &str) -> Self {
+        self.service_name = Some(name.to_owned());
+        self
+    }
+
+    /// The deadline of a call with no explicit and no inherited one (default 20 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Idle connections kept per host (default 32).
+    pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// How long an idle connection is kept (default 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Speak HTTP/2 only (prior knowledge for `http`, ALPN for `https`). By default HTTP/1.1,
+    /// with HTTP/2 when `https` negotiates it.
+    pub fn http2_only(mut self, only: bool) -> Self {
+        self.http2_only = only;
+        self
+    }
+
+    /// The strategy layer (default: [`StrategyLayer::new`], strategies by method, with budget).
+    pub fn strategy(mut self, strategy: StrategyLayer) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Measure calls and attempts with these (registered) metrics.
+    pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Builds the client, or says which setting is wrong.
+    pub fn build(self) -> Result<Client, ClientBuildError> {
+        let base = match &self.base_url {
+            None => None,
+            Some(url) => {
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|_| ClientBuildError::InvalidBaseUrl(url.clone()))?;
+                match (uri.scheme_str(), uri.authority()) {
+                    (Some("http" | "https"), Some(_)) => Some(uri),
+                    _ => return Err(ClientBuildError::InvalidBaseUrl(url.clone())),
+                }
+            }
+        };
+        if !cfg!(feature = "tls") && base.as_ref().and_then(|b| b.scheme_str()) == Some("https") {
+            return Err(ClientBuildError::TlsUnavailable);
+        }
+        let mut default_headers = HeaderMap::new();
+        for (name, value) in &self.default_headers {
+            let parsed = HeaderName::try_from(name.as_str())
+                .ok()
+                .zip(HeaderValue::try_from(value.as_str()).ok());
+            let (name, value) = parsed
+                .ok_or_else(|| ClientBuildError::InvalidHeader(format!("{name}: {value:?}")))?;
+            default_headers.append(name, value);
+        }
+        let mut propagate = PropagateLayer::new();
+        if let Some(name) = &self.service_name {
+            propagate = propagate
+                .service_name(name)
+                .map_err(|e| ClientBuildError::InvalidServiceName(e.to_string()))?;
+        }
+
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let mut pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        pool.pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(self.http2_only);
+        let transport = connect(pool, http, self.http2_only);
+
+        let stack = ServiceBuilder::new()
+            .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
+            .layer(
+                ClientDeadlineLayer::new()
+                    .default_timeout(self.default_timeout)
+                    // Propagation, closer to the wire, writes it for every attempt.
+                    .write_header(false),
+            )
+            .layer(self.strategy.clone())
+            .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))
+            .layer(propagate)
+            .service(transport);
+        Ok(Client {
+            stack: BoxCloneSyncService::new(stack.map_err(Into::into)),
+            base,
+            default_headers,
+        })
+    }
+}
+
+#[cfg(feature = "tls")]
+fn connect(
+    pool: hyper_util::client::legacy::Builder,
+    http: HttpConnector,
+    http2_only: bool,
+) -> BoxCloneSyncService<Request<ReplayBody<ClientBody>>, Response<Incoming>, BoxError> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http();
+    let https = if http2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_all_versions().wrap_connector(http)
+    };
+    BoxCloneSyncService::new(pool.build(https).map_err(Into::into))
+}
+
+#[cfg(not(feature = "tls"))]
+fn connect(
+    pool: hyper_util::client::legacy::Builder,
+    http: HttpConnector,
+    _http2_only: bool,
+) -> BoxCloneSyncService<Request<ReplayBody<ClientBody>>, Response<Incoming>, BoxError> {
+    BoxCloneSyncService::new(pool.build(http).map_err(Into::into))
+}
+
+/// An HTTP client with the whole tower-lifeline client stack. Cheap to clone: clones share the
+/// pool, the retry budget and the metrics. See the [module docs](self).
+#[derive(Clone)]
+pub struct Client {
+    stack: Stack,
+    base: Option<Uri>,
+    default_headers: HeaderMap,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder with the defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A `GET` of `url` (absolute, or relative to the base URL).
+    pub fn get(&self, url: &str) -> RequestBuilder<'_> {
+        self.request(Method::GET, url)
+    }
+
+    /// A `POST`.
+    pub fn post(&self, url: &str) -> RequestBuilder<'_> {
+        self.request(Method::POST, url)
+    }
+
+    /// A `PUT`.
+    pub fn put(&self, url: &str) -> RequestBuilder<'_> {
+        self.request(Method::PUT, url)
+    }
+
+    /// A `PATCH`.
+    pub fn patch(&self, url: &str) -> RequestBuilder<'_> {
+        self.request(Method::PATCH, url)
+    }
+
+    /// A `DELETE`.
+    pub fn delete(&self, url: &str) -> RequestBuilder<'_> {
+        self.request(Method::DELETE, url)
+    }
+
+    /// A request with any method.
+    pub fn request(&self, method: Method, url: &str) -> RequestBuilder<'_> {
+        let mut builder = RequestBuilder {
+            client: self,
+            request: Request::new(Full::default()),
+            error: None,
+        };
+        *builder.request.method_mut() = method;
+        *builder.request.headers_mut() = self.default_headers.clone();
+        match self.resolve(url) {
+            Ok(uri) => *builder.request.uri_mut() = uri,
+            Err(err) => builder.error = Some(err),
+        }
+        builder
+    }
+
+    /// Sends a request built elsewhere through the whole stack.
+    pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
+        let response = self.stack.clone().oneshot(request).await?;
+        Ok(ClientResponse { response })
+    }
+
+    fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
+        let invalid = || InvalidRequest(format!("bad URL {url:?}"));
+        if url.contains("://") {
+            let uri: Uri = url.parse().map_err(|_| invalid())?;
+            return match (uri.scheme_str(), uri.authority()) {
+                (Some("http" | "https"), Some(_)) => Ok(uri),
+                _ => Err(invalid()),
+            };
+        }
+        let base = self
+            .base
+            .as_ref()
+            .ok_or_else(|| InvalidRequest(format!("relative URL {url:?} and no base URL")))?;
+        let path = if url.starts_with('/') {
+            url.to_owned()
+        } else {
+            // Relative to the base's directory, as a browser joins links.
+            let base_path = base.path();
+            let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{url}")
+        };
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(path.parse().map_err(|_| invalid())?);
+        Uri::from_parts(parts).map_err(|_| invalid())
+    }
+}
+
+/// One request being put together; [`send`](Self::send) it.
+#[derive(Debug)]
+pub struct RequestBuilder<'a> {
+    client: &'a Client,
+    request: Request<ClientBody>,
+    error: Option<InvalidRequest>,
+}
+
+impl RequestBuilder<'_> {
+    /// Adds a header. An invalid name or value fails the request at `send`.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            (Ok(name), Ok(value)) => {
+                self.request.headers_mut().append(name, value);
+            }
+            _ => self.error = Some(InvalidRequest(format!("bad header {name}: {value:?}"))),
+        }
+        self
+    }
+
+    /// The body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        *self.request.body_mut() = Full::new(body.into());
+        self
+    }
+
+    /// A JSON body, with `Content-Type: application/json`.
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.request
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                *self.request.body_mut() = Full::new(Bytes::from(body));
+            }
+            Err(err) => self.error = Some(InvalidRequest(format!("cannot encode JSON: {err}"))),
+        }
+        self
+    }
+
+    /// This call's time limit, counted from now (the inherited deadline still applies if sooner).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.deadline(Deadline::after(timeout))
+    }
+
+    /// This call's deadline.
+    pub fn deadline(mut self, deadline: Deadline) -> Self {
+        self.request.extensions_mut().insert(deadline);
+        self
+    }
+
+    /// This call's priority (normalised against an inherited one).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.request.extensions_mut().insert(priority);
+        self
+    }
+
+    /// This call's strategy, in place of the client's choice by method.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.request.extensions_mut().insert(strategy);
+        self
+    }
+
+    /// The route template, for metrics and percentile delays (`/users/{id}`).
+    pub fn route(mut self, template: &'static str) -> Self {
+        self.request
+            .extensions_mut()
+            .insert(RouteTemplate::new(template));
+        self
+    }
+
+    /// Marks an unsafe-method request as safe to retry.
+    pub fn idempotency_key(self, key: &str) -> Self {
+        self.header(crate::headers::IDEMPOTENCY_KEY.as_str(), key)
+    }
+
+    /// Sends the request through the client's stack.
+    pub async fn send(self) -> Result<ClientResponse, BoxError> {
+        if let Some(err) = self.error {
+            return Err(Box::new(err));
+        }
+        self.client.send(self.request).await
+    }
+}
+
+/// A response, with helpers to read its body.
+#[derive(Debug)]
+pub struct ClientResponse {
+    response: Response<Incoming>,
+}
+
+impl ClientResponse {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.response.headers()
+    }
+
+    /// How many attempts the call took.
+    pub fn attempts(&self) -> u32 {
+        self.response
+            .extensions()
+            .get::<AttemptCount>()
+            .map_or(1, |count| count.0)
+    }
+
+    /// The underlying response, to stream its body.
+    pub fn into_inner(self) -> Response<Incoming> {
+        self.response
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, BoxError> {
+        Ok(self.response.into_body().collect().await?.to_bytes())
+    }
+
+    /// The whole body as UTF-8 text (invalid sequences replaced).
+    pub async fn text(self) -> Result<String, BoxError> {
+        Ok(String::from_utf8_lossy(&self.bytes().await?).into_owned())
+    }
+
+    /// The whole body parsed as JSON.
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BoxError> {
+        Ok(serde_json::from_slice(&self.bytes().await?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_errors_not_panics() {
+        for url in ["not a url", "/relative", "ftp://host/", "http://"] {
+            let err = Client::builder().base_url(url).build().unwrap_err();
+            assert!(
+                matches!(err, ClientBuildError::InvalidBaseUrl(_)),
+                "{url}: {err}"
+            );
+        }
+        let err = Client::builder()
+            .default_header("bad name", "x")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientBuildError::InvalidHeader(_)));
+        let err = Client::builder()
+            .default_header("x-ok", "bad\nvalue")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientBuildError::InvalidHeader(_)));
+        let err = Client::builder()
+            .service_name("has space")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientBuildError::InvalidServiceName(_)));
+    }
+
+    #[tokio::test]
+    async fn relative_urls_join_the_base() {
+        let client = Client::builder()
+            .base_url("http://inventory:8080/api/v1/")
+            .build()
+            .unwrap();
+        for (url, expected) in [
+            ("items", "http://inventory:8080/api/v1/items"),
+            (
+                "items/7?full=1",
+                "http://inventory:8080/api/v1/items/7?full=1",
+            ),
+            ("/health", "http://inventory:8080/health"),
+            ("http://other/x", "http://other/x"),
+        ] {
+            assert_eq!(client.resolve(url).unwrap().to_string(), expected, "{url}");
+        }
+        let bare = Client::builder().build().unwrap();
+        assert!(bare.resolve("items").is_err());
+        assert!(client.resolve("bad url with spaces").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_fails_at_send_with_a_typed_error() {
+        let client = Client::builder().build().unwrap();
+        let err = client.get("relative").send().await.unwrap_err();
+        assert!(err.downcast_ref::<InvalidRequest>().is_some(), "{err}");
+        let err = client
+            .get("http://x/")
+            .header("bad name", "v")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.downcast_ref::<InvalidRequest>().is_some(), "{err}");
+    }
+}
