@@ -1,44 +1,111 @@
-//! The demo: a deadline and a priority crossing hops on loopback.
+//! The demo: what tower-lifeline does for a service whose backend is flaky.
 //!
-//! Starts two servers on 127.0.0.1 with the server layers: `edge` calls `inventory` through the
-//! client layers, without passing anything by hand. A caller sends `edge` requests with a
-//! deadline and a priority; the report shows what each hop saw, and what happens when the time
-//! runs out on the way.
+//! In one process, on 127.0.0.1:
 //!
-//! Run: `cargo run --example demo` (`-- --help` for options).
+//! - a **backend** with heavy-tailed latency (97% of answers in about 5 ms, 3% in about 200 ms)
+//!   and bursts of 503;
+//! - a **frontend** with the server stack (deadline, priority) whose handler calls the backend
+//!   through the `Client` preset, one client per strategy;
+//! - a **load driver** that calls the frontend with a 2 s deadline, then prints one row per
+//!   strategy: latency percentiles, success rate, and the extra load put on the backend;
+//! - a **deadline** round: callers whose time is (nearly) gone are refused before any work.
+//!
+//! Run: `cargo run --example demo` (`-- --help` for options). It finishes in well under a minute.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{routing::get, Json, Router};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
-use tower::{ServiceBuilder, ServiceExt};
-use tower_lifeline::context::RequestContext;
-use tower_lifeline::deadline::ClientDeadlineLayer;
-use tower_lifeline::propagation::PropagateLayer;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower_lifeline::client::Client;
+use tower_lifeline::deadline::DeadlineExceeded;
+use tower_lifeline::error::find_source;
+use tower_lifeline::strategy::{
+    Delays, PercentileDelays, PercentileSettings, Strategy, StrategyLayer,
+};
 use tower_lifeline::ServiceBuilderExt;
 
 const HELP: &str = "\
-demo: deadline and priority propagation across two hops on loopback
+demo: request strategies and deadlines against a flaky backend, on loopback
 
-USAGE: cargo run --example demo [-- --work-ms N]
+USAGE: cargo run --example demo [-- OPTIONS]
 
 OPTIONS:
-    --work-ms N   time the edge spends before calling inventory (default 30)
-    -h, --help    print this help";
+    --requests N      requests per strategy (default 2000)
+    --concurrency N   requests in flight at once (default 16)
+    -h, --help        print this help
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+The backend answers 97% of requests in about 5 ms and 3% in about 200 ms, and answers 503 to
+10 requests in a row out of every 500. Each strategy gets its own client (and retry budget).";
 
-fn what_i_saw(ctx: RequestContext) -> Value {
-    json!({
-        "deadline_ms": ctx.deadline().map(|d| d.remaining().as_millis() as u64),
-        "priority": ctx.priority().as_str(),
-    })
+const STRATEGIES: [&str; 4] = [
+    "single",
+    "sequential",
+    "parallel_fixed",
+    "parallel_percentile",
+];
+
+/// The flaky backend's counters.
+#[derive(Default)]
+struct Backend {
+    calls: AtomicU64,
+}
+
+async fn backend_item(State(backend): State<Arc<Backend>>) -> StatusCode {
+    let n = backend.calls.fetch_add(1, Ordering::Relaxed);
+    // Bursts: 10 consecutive 503s out of every 500 requests.
+    if n % 500 < 10 {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    // Heavy tail: 3% of answers take about 200 ms, the rest about 5 ms.
+    let millis = if fastrand::u32(0..100) < 3 {
+        fastrand::u64(150..250)
+    } else {
+        fastrand::u64(4..7)
+    };
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    StatusCode::OK
+}
+
+/// The frontend: calls the backend through the client of the strategy named in the path.
+#[derive(Clone)]
+struct Frontend {
+    backend: SocketAddr,
+    clients: Arc<Vec<(&'static str, Client)>>,
+    refused_to_send: Arc<AtomicU64>,
+}
+
+async fn frontend_work(State(front): State<Frontend>, Path(strategy): Path<String>) -> StatusCode {
+    let Some((_, client)) = front.clients.iter().find(|(name, _)| *name == strategy) else {
+        return StatusCode::NOT_FOUND;
+    };
+    match client
+        .get(&format!("http://{}/item", front.backend))
+        .route("/item")
+        .send()
+        .await
+    {
+        Ok(response) => response.status(),
+        Err(err) => {
+            if find_source::<DeadlineExceeded>(err.as_ref()).is_some_and(|e| !e.was_sent()) {
+                front.refused_to_send.fetch_add(1, Ordering::Relaxed);
+            }
+            StatusCode::GATEWAY_TIMEOUT
+        }
+    }
+}
+
+/// Frontend work that takes 25 ms before calling the backend: a caller with less time than that
+/// is still admitted at the door, but the backend call is refused for want of time.
+async fn frontend_slow(state: State<Frontend>) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    frontend_work(state, Path("single".to_owned())).await
 }
 
 async fn serve(app: Router) -> std::io::Result<SocketAddr> {
@@ -48,108 +115,226 @@ async fn serve(app: Router) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut work = Duration::from_millis(30);
+fn client_for(strategy: &str) -> Result<Client, tower_lifeline::BoxError> {
+    let strategy = match strategy {
+        "single" => Strategy::single(),
+        "sequential" => Strategy::sequential(
+            3,
+            Delays::linear(Duration::from_millis(10), Duration::from_millis(10)),
+        ),
+        "parallel_fixed" => Strategy::parallel(3, Delays::constant(Duration::from_millis(15))),
+        _ => {
+            let settings = PercentileSettings {
+                min: Duration::from_millis(2),
+                ..PercentileSettings::default()
+            };
+            Strategy::parallel(3, Delays::percentile(PercentileDelays::new(settings)?))
+        }
+    };
+    Ok(Client::builder()
+        .service_name("frontend")
+        .strategy(StrategyLayer::new().strategy(strategy))
+        .build()?)
+}
+
+/// The load driver: a plain hyper client, so that it writes `X-Request-Timeout` itself as any
+/// outside caller would.
+type Caller = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// One caller request to the frontend: its status (0 for a transport failure) and latency.
+async fn call(caller: &Caller, url: &str, timeout: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let request = http::Request::get(url)
+        .header("x-request-timeout", timeout)
+        .body(Default::default());
+    let status = match request {
+        Ok(request) => match caller.request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read the body so the connection goes back to the pool.
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                status
+            }
+            Err(_) => 0,
+        },
+        Err(_) => 0,
+    };
+    (status, started.elapsed())
+}
+
+/// Sends `requests` calls to `url` with `concurrency` in flight.
+async fn drive(
+    caller: &Caller,
+    url: &str,
+    timeout: &str,
+    requests: usize,
+    concurrency: usize,
+) -> Vec<(u16, Duration)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (caller, url, timeout, next) = (
+            caller.clone(),
+            url.to_owned(),
+            timeout.to_owned(),
+            next.clone(),
+        );
+        workers.spawn(async move {
+            let mut results = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
+                results.push(call(&caller, &url, &timeout).await);
+            }
+            results
+        });
+    }
+    let mut all = Vec::with_capacity(requests);
+    while let Some(results) = workers.join_next().await {
+        all.extend(results.unwrap_or_default());
+    }
+    all
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+struct Options {
+    requests: usize,
+    concurrency: usize,
+}
+
+fn options() -> Result<Option<Options>, String> {
+    let mut options = Options {
+        requests: 2000,
+        concurrency: 16,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<usize, String> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} needs a positive number"))
+        };
         match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{HELP}");
-                return Ok(());
-            }
-            "--work-ms" => {
-                let ms = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--work-ms needs a number")?;
-                work = Duration::from_millis(ms);
-            }
-            other => return Err(format!("unknown argument {other:?}; try --help").into()),
+            "-h" | "--help" => return Ok(None),
+            "--requests" => options.requests = number("--requests")?,
+            "--concurrency" => options.concurrency = number("--concurrency")?,
+            other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
+    Ok(Some(options))
+}
 
-    // The server layers: read X-Request-Timeout and X-Request-Priority into the context.
-    let server_layers = ServiceBuilder::new()
-        .server_deadline(Duration::from_secs(20))
-        .server_priority();
+#[tokio::main]
+async fn main() -> Result<(), tower_lifeline::BoxError> {
+    let Some(options) = options()? else {
+        println!("{HELP}");
+        return Ok(());
+    };
+    let started = Instant::now();
 
-    // Hop 2: inventory reports what it saw.
-    let inventory = Router::new()
-        .route(
-            "/stock",
-            get(|ctx: RequestContext| async move { Json(what_i_saw(ctx)) }),
-        )
-        .layer(server_layers.clone());
-    let inventory_addr = serve(inventory).await?;
+    let backend = Arc::new(Backend::default());
+    let backend_addr = serve(
+        Router::new()
+            .route("/item", get(backend_item))
+            .with_state(backend.clone()),
+    )
+    .await?;
 
-    // Hop 1: edge works a little, then calls inventory through the client layers.
-    let plain: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let client = ServiceBuilder::new()
-        .layer(ClientDeadlineLayer::new().write_header(false))
-        .layer(PropagateLayer::new().service_name("edge")?)
-        .service(plain.clone());
-    let edge = Router::new()
-        .route(
-            "/order",
-            get(move |ctx: RequestContext| async move {
-                let mine = what_i_saw(ctx);
-                tokio::time::sleep(work).await;
-                let request = Request::get(format!("http://{inventory_addr}/stock"))
-                    .body(Full::default())
-                    .expect("valid request");
-                let downstream = match client.clone().oneshot(request).await {
-                    Ok(response) => match response.into_body().collect().await {
-                        Ok(body) => serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null),
-                        Err(err) => json!({ "error": err.to_string() }),
-                    },
-                    Err(err) => json!({ "error": err.to_string() }),
-                };
-                Json(json!({ "edge": mine, "inventory": downstream }))
-            }),
-        )
-        .layer(server_layers);
-    let edge_addr = serve(edge).await?;
+    let mut clients = Vec::new();
+    for name in STRATEGIES {
+        clients.push((name, client_for(name)?));
+    }
+    let frontend = Frontend {
+        backend: backend_addr,
+        clients: Arc::new(clients),
+        refused_to_send: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/work/{strategy}", get(frontend_work))
+        .route("/slow", get(frontend_slow))
+        .with_state(frontend.clone())
+        .layer(
+            ServiceBuilder::new()
+                .server_deadline(Duration::from_secs(20))
+                .server_priority(),
+        );
+    let frontend_addr = serve(app).await?;
 
-    println!("edge on {edge_addr}, inventory on {inventory_addr}; edge works {work:?} before calling inventory\n");
+    let caller: Caller =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(options.concurrency)
+            .build_http();
+
     println!(
-        "{:<28} {:>8} {:>22} {:>30}",
-        "caller sent", "status", "edge saw", "inventory saw"
+        "backend {backend_addr}: 97% ~5 ms, 3% ~200 ms, 503 bursts; frontend {frontend_addr}; \
+         {} requests per strategy, {} in flight, 2 s deadline\n",
+        options.requests, options.concurrency
     );
-    for (timeout, priority) in [
-        ("2", "high"),
-        ("0.5", "low"),
-        ("0.02", "normal"),
-        ("0.001", "high"),
-    ] {
-        let request = Request::get(format!("http://{edge_addr}/order"))
-            .header("x-request-timeout", timeout)
-            .header("x-request-priority", priority)
-            .body(Full::default())?;
-        let response = plain.request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let describe = |v: &Value| match (&v["deadline_ms"], &v["priority"], &v["error"]) {
-            (_, _, Value::String(e)) if e.contains("too close") => "not sent: time ran out".into(),
-            (_, _, Value::String(e)) => format!("error: {e}"),
-            (Value::Number(ms), Value::String(p), _) => format!("{ms} ms left, {p}"),
-            _ => "not reached".to_string(),
-        };
-        let edge_saw = if status == StatusCode::OK {
-            describe(&body["edge"])
-        } else {
-            "refused (408)".into()
-        };
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>12} {:>15}",
+        "strategy", "p50_ms", "p99_ms", "p999_ms", "success_pct", "extra_load_pct"
+    );
+    for name in STRATEGIES {
+        let url = format!("http://{frontend_addr}/work/{name}");
+        // Warm up: connections, and the percentile tracker's first observations.
+        drive(&caller, &url, "2", 100, options.concurrency).await;
+        let before = backend.calls.load(Ordering::Relaxed);
+        let results = drive(&caller, &url, "2", options.requests, options.concurrency).await;
+        let backend_calls = backend.calls.load(Ordering::Relaxed) - before;
+        let mut latencies: Vec<Duration> = results.iter().map(|(_, l)| *l).collect();
+        latencies.sort();
+        let ok = results.iter().filter(|(s, _)| *s == 200).count();
         println!(
-            "{:<28} {:>8} {:>22} {:>30}",
-            format!("timeout {timeout} s, {priority}"),
-            status.as_u16(),
-            edge_saw,
-            describe(&body["inventory"]),
+            "{:<22} {:>8.1} {:>8.1} {:>8.1} {:>12.1} {:>15.1}",
+            name,
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            percentile(&latencies, 99.9),
+            100.0 * ok as f64 / results.len() as f64,
+            100.0 * (backend_calls as f64 / results.len() as f64 - 1.0),
         );
     }
-    println!("\nThe deadline shrinks by the time each hop spends; the priority travels with it.");
-    println!("A hop with too little time left does not call the next one.");
+
+    // Deadlines: callers with 3 ms left are refused at the door (408); callers with 20 ms left
+    // get in, but after the frontend's 25 ms of work the backend call is not sent.
+    let backend_before = backend.calls.load(Ordering::Relaxed);
+    let at_door = drive(
+        &caller,
+        &format!("http://{frontend_addr}/work/single"),
+        "0.003",
+        200,
+        8,
+    )
+    .await;
+    let refused_at_door = at_door.iter().filter(|(s, _)| *s == 408).count();
+    let late = drive(
+        &caller,
+        &format!("http://{frontend_addr}/slow"),
+        "0.02",
+        200,
+        8,
+    )
+    .await;
+    let backend_reached = backend.calls.load(Ordering::Relaxed) - backend_before;
+    println!(
+        "\ndeadline: {refused_at_door} of {} requests with 3 ms left refused at the door with 408",
+        at_door.len()
+    );
+    println!(
+        "deadline: {} of {} requests with 20 ms left admitted, but the backend call not sent ({} reached the backend)",
+        frontend.refused_to_send.load(Ordering::Relaxed),
+        late.len(),
+        backend_reached,
+    );
+    println!("\nfinished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

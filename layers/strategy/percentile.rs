@@ -120,7 +120,7 @@ struct Tracker {
     rotated_at: Instant,
     last_used: Instant,
     /// The percentile, recomputed at most once a second: merging histograms is not free.
-    cached: Option<(Instant, Option<Duration>)>,
+    cached: Option<(Instant, Duration)>,
 }
 
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes.
@@ -160,18 +160,23 @@ impl Tracker {
     fn percentile(&mut self, settings: &PercentileSettings, now: Instant) -> Option<Duration> {
         if let Some((at, value)) = self.cached {
             if now.saturating_duration_since(at) < RECOMPUTE_EVERY {
-                return value;
+                return Some(value);
             }
+        }
+        // Counting is cheap; only merge when there is enough to trust, and only cache a real
+        // value, so that the first observations take effect at once.
+        let samples: u64 = self.buckets.iter().map(Histogram::len).sum();
+        if samples < settings.min_samples {
+            return None;
         }
         let mut merged = self.buckets[0].clone();
         for bucket in &self.buckets[1..] {
             // Same bounds everywhere, so adding cannot fail.
             let _ = merged.add(bucket);
         }
-        let value = (merged.len() >= settings.min_samples)
-            .then(|| Duration::from_micros(merged.value_at_quantile(settings.percentile / 100.0)));
+        let value = Duration::from_micros(merged.value_at_quantile(settings.percentile / 100.0));
         self.cached = Some((now, value));
-        value
+        Some(value)
     }
 }
 
