@@ -6,7 +6,10 @@
 //! - **deadline propagation** ([`deadline`]): a caller's remaining time travels in
 //!   `X-Request-Timeout`, every hop inherits it, and work that cannot finish in time is refused
 //!   before it starts;
-//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`.
+//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`;
+//! - **load shedding** ([`load_shed`]) by priority and remaining deadline;
+//! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
+//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
@@ -66,6 +69,22 @@ pub mod priority;
 #[cfg(feature = "propagation")]
 #[path = "../layers/propagation/mod.rs"]
 pub mod propagation;
+
+#[cfg(feature = "load-shed")]
+#[path = "../layers/load_shed/mod.rs"]
+pub mod load_shed;
+
+#[cfg(feature = "shutdown")]
+#[path = "../layers/shutdown/mod.rs"]
+pub mod shutdown;
+
+#[cfg(feature = "health")]
+#[path = "../layers/health/mod.rs"]
+pub mod health;
+
+#[cfg(feature = "timeout")]
+#[path = "../layers/timeout/mod.rs"]
+pub mod timeout;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
