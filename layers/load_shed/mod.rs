@@ -30,8 +30,9 @@
 //! request. Every service the layer makes shares one limit, so `Router::layer` (which wraps each
 //! route separately) still limits the whole server.
 //!
-//! A request counts as in flight until its response head is ready; a streaming body is not
-//! counted while it streams.
+//! A request counts as in flight until its response body ends or is dropped, so a streaming
+//! response holds its slot while it streams; the route's service time is measured to the
+//! response head.
 //!
 //! # Example
 //!
@@ -75,6 +76,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -459,9 +461,9 @@ impl<S> LoadShed<S> {
 impl<S, B, ResBody> Service<Request<B>> for LoadShed<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Body + Default,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ShedBody<ResBody>>;
     type Error = S::Error;
     type Future = LoadShedFuture<S::Future>;
 
@@ -576,15 +578,18 @@ impl<F> fmt::Debug for LoadShedFuture<F> {
 impl<F, B, E> Future for LoadShedFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Default,
+    B: Body + Default,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<ShedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Refused { refusal } => {
                 let refusal = refusal.take().expect("polled after completion");
-                Poll::Ready(Ok(refusal.response()))
+                Poll::Ready(Ok(refusal.response::<B>().map(|body| ShedBody {
+                    inner: body,
+                    slot: None,
+                })))
             }
             StateProj::Admitted {
                 inner,
@@ -593,12 +598,84 @@ where
                 started,
             } => {
                 let result = ready!(inner.poll(cx));
-                slot.take();
+                // The service time is to the response head: what the handler itself took.
                 if let Some(route) = route.take() {
                     route.record(started.elapsed());
                 }
-                Poll::Ready(result)
+                // The slot moves into the body: a streaming response counts until it ends.
+                let slot = slot.take();
+                Poll::Ready(result.map(|response| {
+                    response.map(|body| {
+                        let slot = if body.is_end_stream() { None } else { slot };
+                        ShedBody { inner: body, slot }
+                    })
+                }))
             }
         }
+    }
+}
+
+pin_project! {
+    /// The response body of [`LoadShed`]: the handler's body, holding the request's place in the
+    /// limit until it ends or is dropped.
+    pub struct ShedBody<B> {
+        #[pin]
+        inner: B,
+        slot: Option<Slot>,
+    }
+}
+
+impl<B> ShedBody<B> {
+    /// The handler's body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Unwraps the handler's body, giving the request's slot back at once.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Default> Default for ShedBody<B> {
+    fn default() -> Self {
+        ShedBody {
+            inner: B::default(),
+            slot: None,
+        }
+    }
+}
+
+impl<B> fmt::Debug for ShedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedBody")
+            .field("holds_slot", &self.slot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for ShedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
+            // The body ended or failed: the request is over.
+            this.slot.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

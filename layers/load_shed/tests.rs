@@ -55,7 +55,7 @@ async fn hold<S>(
     count: usize,
 ) -> Vec<tokio::task::JoinHandle<StatusCode>>
 where
-    S: Service<Request<()>, Response = Response<String>> + Clone + Send + 'static,
+    S: Service<Request<()>, Response = Response<ShedBody<String>>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
@@ -76,9 +76,9 @@ where
     held
 }
 
-async fn status<S>(svc: &S, req: Request<()>) -> Response<String>
+async fn status<S>(svc: &S, req: Request<()>) -> Response<ShedBody<String>>
 where
-    S: Service<Request<()>, Response = Response<String>> + Clone,
+    S: Service<Request<()>, Response = Response<ShedBody<String>>> + Clone,
     S::Error: std::fmt::Debug,
 {
     svc.clone().oneshot(req).await.unwrap()
@@ -169,7 +169,7 @@ async fn high_keeps_succeeding_while_low_is_shed_at_saturation() {
         );
         let high = status(&svc, request(Priority::High, None, &[])).await;
         assert_eq!(high.status(), StatusCode::OK, "round {round}");
-        assert_eq!(high.body(), "done");
+        assert_eq!(high.body().get_ref(), "done");
     }
     let stats = layer.stats();
     assert_eq!(stats.shed_for(Priority::Low), 20);
@@ -358,4 +358,26 @@ async fn the_estimate_is_a_moving_average() {
     assert_eq!(estimate.get(), Some(Duration::from_millis(120)));
     estimate.record(Duration::MAX);
     assert!(estimate.get().unwrap() > Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_holds_its_slot_until_its_body_ends() {
+    use http_body_util::BodyExt;
+
+    let layer = LoadShedLayer::new(1);
+    let svc = layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0)))));
+    let res = status(&svc, request(Priority::High, None, &[])).await;
+    assert_eq!(layer.stats().in_flight, 1, "the body has not been sent yet");
+    let refused = status(&svc, request(Priority::High, None, &[])).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"done");
+    assert_eq!(layer.stats().in_flight, 0);
+
+    // A body dropped unread gives the slot back too.
+    let res = status(&svc, request(Priority::High, None, &[])).await;
+    assert_eq!(layer.stats().in_flight, 1);
+    drop(res);
+    assert_eq!(layer.stats().in_flight, 0);
 }
