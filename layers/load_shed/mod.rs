@@ -97,14 +97,14 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Weight of the newest sample in a route's moving average: about the last ten requests count.
 const EWMA_WEIGHT: f64 = 0.2;
 
-type KeyFn = Arc<dyn Fn(&Request<()>) -> Option<String> + Send + Sync>;
+type KeyFn = Arc<dyn Fn(&http::Method, &http::Uri) -> Option<String> + Send + Sync>;
 
 /// How a request's route is named for its service-time estimate.
 #[derive(Clone)]
 enum RouteKey {
     /// axum's `MatchedPath` (the route template), when the `axum` feature is on.
     MatchedPath,
-    /// A key function of the caller's, given the request head with an empty body.
+    /// A key function of the caller's, given the request's method and URI.
     Custom(KeyFn),
 }
 
@@ -238,11 +238,11 @@ impl LoadShedLayer {
     }
 
     /// Names a request's route for its service-time estimate, in place of axum's `MatchedPath`.
-    /// The function sees the request head (with an empty body); `None` means "no estimate".
-    /// Return a bounded set of names: templates, never raw paths.
+    /// The function sees the request's method and URI; `None` means "no estimate". Return a
+    /// bounded set of names: templates, never raw paths.
     pub fn route_key<F>(self, key: F) -> Self
     where
-        F: Fn(&Request<()>) -> Option<String> + Send + Sync + 'static,
+        F: Fn(&http::Method, &http::Uri) -> Option<String> + Send + Sync + 'static,
     {
         self.configure(|s| s.route_key = RouteKey::Custom(Arc::new(key)))
     }
@@ -389,14 +389,7 @@ impl Shared {
                 .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
             #[cfg(not(feature = "axum"))]
             RouteKey::MatchedPath => None,
-            RouteKey::Custom(key) => {
-                let mut head = Request::new(());
-                *head.method_mut() = req.method().clone();
-                *head.uri_mut() = req.uri().clone();
-                *head.version_mut() = req.version();
-                *head.headers_mut() = req.headers().clone();
-                key(&head).map(std::borrow::Cow::Owned)
-            }
+            RouteKey::Custom(key) => key(req.method(), req.uri()).map(std::borrow::Cow::Owned),
         }
     }
 }

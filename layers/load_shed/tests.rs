@@ -241,7 +241,7 @@ fn slow_request() -> Request<()> {
 }
 
 fn one_route() -> LoadShedLayer {
-    LoadShedLayer::new(100).route_key(|_req| Some("/route".to_string()))
+    LoadShedLayer::new(100).route_key(|_method, _uri| Some("/route".to_string()))
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,7 +308,7 @@ async fn one_in_sixteen_deadline_refusals_goes_through_as_a_probe() {
 async fn the_route_table_is_bounded() {
     let layer = LoadShedLayer::new(100)
         .max_routes(1)
-        .route_key(|req| Some(req.uri().path().to_string()));
+        .route_key(|_method, uri| Some(uri.path().to_string()));
     let svc = layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0)))));
     for path in ["/a", "/b"] {
         let mut slow = Request::get(path)
