@@ -65,6 +65,38 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::propagation::PropagateLayer,
     ) -> ServiceBuilder<Stack<crate::propagation::PropagateLayer, L>>;
+
+    /// Load shedding by priority and deadline
+    /// ([`LoadShedLayer`](crate::load_shed::LoadShedLayer)) with the given capacity and the
+    /// other settings at their defaults. Put it inside the deadline and priority layers.
+    #[cfg(feature = "load-shed")]
+    fn load_shed(
+        self,
+        capacity: usize,
+    ) -> ServiceBuilder<Stack<crate::load_shed::LoadShedLayer, L>>;
+
+    /// The graceful-shutdown drain layer of `shutdown`
+    /// ([`DrainLayer`](crate::shutdown::DrainLayer)): `Connection: close` while draining.
+    #[cfg(feature = "shutdown")]
+    fn drain_on(
+        self,
+        shutdown: &crate::shutdown::Shutdown,
+    ) -> ServiceBuilder<Stack<crate::shutdown::DrainLayer, L>>;
+
+    /// A client attempt timeout ([`AttemptTimeoutLayer`](crate::timeout::AttemptTimeoutLayer)):
+    /// each attempt gets min(`timeout`, time left before the deadline).
+    #[cfg(feature = "timeout")]
+    fn attempt_timeout(
+        self,
+        timeout: Duration,
+    ) -> ServiceBuilder<Stack<crate::timeout::AttemptTimeoutLayer, L>>;
+
+    /// A server timeout answering `504` ([`ServerTimeoutLayer`](crate::timeout::ServerTimeoutLayer)).
+    #[cfg(feature = "timeout")]
+    fn server_timeout(
+        self,
+        timeout: Duration,
+    ) -> ServiceBuilder<Stack<crate::timeout::ServerTimeoutLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -103,5 +135,37 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         layer: crate::propagation::PropagateLayer,
     ) -> ServiceBuilder<Stack<crate::propagation::PropagateLayer, L>> {
         self.layer(layer)
+    }
+
+    #[cfg(feature = "load-shed")]
+    fn load_shed(
+        self,
+        capacity: usize,
+    ) -> ServiceBuilder<Stack<crate::load_shed::LoadShedLayer, L>> {
+        self.layer(crate::load_shed::LoadShedLayer::new(capacity))
+    }
+
+    #[cfg(feature = "shutdown")]
+    fn drain_on(
+        self,
+        shutdown: &crate::shutdown::Shutdown,
+    ) -> ServiceBuilder<Stack<crate::shutdown::DrainLayer, L>> {
+        self.layer(shutdown.layer())
+    }
+
+    #[cfg(feature = "timeout")]
+    fn attempt_timeout(
+        self,
+        timeout: Duration,
+    ) -> ServiceBuilder<Stack<crate::timeout::AttemptTimeoutLayer, L>> {
+        self.layer(crate::timeout::AttemptTimeoutLayer::new(timeout))
+    }
+
+    #[cfg(feature = "timeout")]
+    fn server_timeout(
+        self,
+        timeout: Duration,
+    ) -> ServiceBuilder<Stack<crate::timeout::ServerTimeoutLayer, L>> {
+        self.layer(crate::timeout::ServerTimeoutLayer::new(timeout))
     }
 }

@@ -9,7 +9,10 @@
 //! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`;
 //! - **request strategies** ([`strategy`]): single attempt, sequential retries with backoff and
 //!   `Retry-After`, parallel (hedged) attempts with fixed or percentile-based delays, under a
-//!   retry budget, never sending a non-idempotent request twice.
+//!   retry budget, never sending a non-idempotent request twice;
+//! - **load shedding** ([`load_shed`]) by priority and remaining deadline;
+//! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
+//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
@@ -81,6 +84,22 @@ pub mod metrics;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "load-shed")]
+#[path = "../layers/load_shed/mod.rs"]
+pub mod load_shed;
+
+#[cfg(feature = "shutdown")]
+#[path = "../layers/shutdown/mod.rs"]
+pub mod shutdown;
+
+#[cfg(feature = "health")]
+#[path = "../layers/health/mod.rs"]
+pub mod health;
+
+#[cfg(feature = "timeout")]
+#[path = "../layers/timeout/mod.rs"]
+pub mod timeout;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
