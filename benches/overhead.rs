@@ -1,0 +1,61 @@
+//! Per-call overhead of each layer's happy path over a no-op service, the full client and server
+//! stacks, and the peers (`tower::retry`, `tower::timeout`, `tower::hedge`, tower-resilience's
+//! retry and circuit breaker), all in one run.
+//!
+//! `cargo bench --bench overhead` (add `-- --quick` for a shorter run). Each iteration builds
+//! the same request, waits for readiness, calls, and drops the response: the bare no-op row is
+//! that cost alone, so a layer's overhead is its row minus the bare row.
+
+mod common;
+
+use std::hint::black_box;
+
+use common::{call_once, each_case, request, Req, Visitor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Response;
+use tower::{Service, ServiceExt};
+
+struct Bench<'a> {
+    criterion: &'a mut Criterion,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Visitor for Bench<'_> {
+    fn visit<S, B>(&mut self, group: &str, name: &str, mut service: S)
+    where
+        S: Service<Req, Response = Response<B>> + 'static,
+        S::Error: std::fmt::Debug,
+    {
+        let status = self.runtime.block_on(call_once(&mut service));
+        assert_eq!(status, 200, "{name} must answer 200 on its happy path");
+        let runtime = &self.runtime;
+        self.criterion
+            .benchmark_group(group)
+            .bench_function(name, |b| {
+                // One block_on per batch: the runtime's cost is outside the per-call figure.
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = tokio::time::Instant::now();
+                        for _ in 0..iters {
+                            let ready = service.ready().await.expect("ready");
+                            let response = ready.call(request()).await;
+                            black_box(response.is_ok());
+                            drop(black_box(response));
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+    }
+}
+
+fn overhead(criterion: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    each_case(&mut Bench { criterion, runtime });
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);
