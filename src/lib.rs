@@ -85,6 +85,9 @@ pub mod metrics;
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(feature = "server")]
+pub mod server;
+
 #[cfg(feature = "load-shed")]
 #[path = "../layers/load_shed/mod.rs"]
 pub mod load_shed;
