@@ -57,6 +57,16 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::propagation::PropagateLayer,
     ) -> ServiceBuilder<Stack<crate::propagation::PropagateLayer, L>>;
+
+    /// Client circuit breaker per destination
+    /// ([`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)). Keep the layer,
+    /// or its [`registry`](crate::circuit_breaker::CircuitBreakerLayer::registry), to watch the
+    /// breakers' states.
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, K, M>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -86,6 +96,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::propagation::PropagateLayer,
     ) -> ServiceBuilder<Stack<crate::propagation::PropagateLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, K, M>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>> {
         self.layer(layer)
     }
 }

@@ -6,7 +6,9 @@
 //! - **deadline propagation** ([`deadline`]): a caller's remaining time travels in
 //!   `X-Request-Timeout`, every hop inherits it, and work that cannot finish in time is refused
 //!   before it starts;
-//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`.
+//! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`;
+//! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
+//!   destination is refused at once, until one probe shows it has recovered.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
@@ -66,6 +68,10 @@ pub mod priority;
 #[cfg(feature = "propagation")]
 #[path = "../layers/propagation/mod.rs"]
 pub mod propagation;
+
+#[cfg(feature = "circuit-breaker")]
+#[path = "../layers/circuit_breaker/mod.rs"]
+pub mod circuit_breaker;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
