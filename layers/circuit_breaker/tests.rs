@@ -696,8 +696,19 @@ impl Model {
 #[derive(Debug, Clone)]
 enum Op {
     Advance(u64),
-    Call { fail: bool },
-    Concurrent { callers: usize, fail: bool },
+    Call {
+        fail: bool,
+    },
+    Concurrent {
+        callers: usize,
+        fail: bool,
+    },
+    /// Lets a call in (or not) and leaves it running across the next operations.
+    Start {
+        fail: bool,
+    },
+    /// Ends the oldest running call.
+    Finish,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -705,6 +716,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..3_000).prop_map(Op::Advance),
         5 => any::<bool>().prop_map(|fail| Op::Call { fail }),
         2 => (2usize..6, any::<bool>()).prop_map(|(callers, fail)| Op::Concurrent { callers, fail }),
+        1 => any::<bool>().prop_map(|fail| Op::Start { fail }),
+        1 => Just(Op::Finish),
     ]
 }
 
@@ -737,6 +750,7 @@ async fn run_model(ops: Vec<Op>, consecutive_limit: Option<u32>, threshold: f64)
         consecutive: 0,
     };
     let mut admitted = 0;
+    let mut running = std::collections::VecDeque::new();
     for (step, op) in ops.into_iter().enumerate() {
         let now_ms = || u64::try_from(start.elapsed().as_millis()).unwrap();
         let (callers, fail) = match op {
@@ -744,8 +758,9 @@ async fn run_model(ops: Vec<Op>, consecutive_limit: Option<u32>, threshold: f64)
                 tokio::time::advance(Duration::from_millis(ms)).await;
                 (0, false)
             }
-            Op::Call { fail } => (1, fail),
+            Op::Call { fail } | Op::Start { fail } => (1, fail),
             Op::Concurrent { callers, fail } => (callers, fail),
+            Op::Finish => (0, false),
         };
         // All callers are let in or refused before any of them ends.
         let mut pending = Vec::new();
@@ -753,9 +768,14 @@ async fn run_model(ops: Vec<Op>, consecutive_limit: Option<u32>, threshold: f64)
             let ticket = model.admit(now_ms());
             admitted += usize::from(ticket.is_some());
             let future = svc.ready().await.unwrap().call(request(fail));
-            pending.push((ticket, future));
+            pending.push((ticket, future, fail));
         }
-        for (ticket, future) in pending {
+        match op {
+            Op::Start { .. } => running.extend(pending.drain(..)),
+            Op::Finish => pending.extend(running.pop_front()),
+            _ => {}
+        }
+        for (ticket, future, fail) in pending {
             let status = future.await.unwrap().status();
             match ticket {
                 Some(ticket) => {
