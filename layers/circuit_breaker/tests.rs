@@ -821,3 +821,72 @@ proptest! {
         runtime.block_on(run_model(ops, consecutive_limit, threshold));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_many_threads_exactly_one_probe_goes_after_the_break() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let inner = tower::service_fn({
+        let (failing, hits, release) = (failing.clone(), hits.clone(), release.clone());
+        move |_req: Request<()>| {
+            let (failing, hits, release) = (failing.clone(), hits.clone(), release.clone());
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let mut response = Response::new(String::new());
+                if failing.load(Ordering::SeqCst) {
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                } else {
+                    // The probe holds its slot until every other caller has been answered.
+                    release.notified().await;
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    });
+    let layer = CircuitBreakerLayer::new(
+        settings()
+            .break_duration(Duration::from_millis(5))
+            .build()
+            .unwrap(),
+    );
+    let registry = layer.registry();
+    let svc = layer.layer(inner);
+    for _ in 0..4 {
+        svc.clone().oneshot(request(true)).await.unwrap();
+    }
+    assert_eq!(registry.state(HOST), Some(CircuitState::Open));
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    let start = Arc::new(tokio::sync::Barrier::new(100));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (svc, start) = (svc.clone(), start.clone());
+        callers.spawn(async move {
+            start.wait().await;
+            svc.oneshot(request(false)).await
+        });
+    }
+    let mut refused = 0;
+    // A guard against a hang if a second caller got through, not a measure of speed.
+    let collect = async {
+        while let Some(result) = callers.join_next().await {
+            let status = result.unwrap().unwrap().status();
+            if status == StatusCode::BAD_GATEWAY {
+                refused += 1;
+                if refused == 99 {
+                    release.notify_one();
+                }
+            } else {
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), collect)
+        .await
+        .expect("the 99 refusals and the probe all finished");
+    assert_eq!(refused, 99);
+    assert_eq!(hits.load(Ordering::SeqCst), 4 + 1);
+    assert_eq!(registry.state(HOST), Some(CircuitState::Closed));
+}
