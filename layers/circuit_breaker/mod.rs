@@ -100,10 +100,9 @@
 //!
 //! Outcomes are counted only for calls let through by the state that is current when they end:
 //! a slow call started before the breaker opened does not count against the next window. Each
-//! bucket is known by its epoch modulo 2^24; buckets that leave the window are zeroed as new ones
-//! start, so a stale bucket could only be mistaken for a current one after its scope went
-//! unused for a multiple of 2^24 bucket lengths (4.6 hours at the shortest bucket, 1 ms), and the
-//! idle timeout forgets such a scope long before.
+//! bucket is known by its epoch modulo 2^24: buckets that leave the window are zeroed as new ones
+//! start, and a scope unused for 2^23 bucket lengths (2.3 hours at the shortest bucket, 1 ms) has
+//! its window cleared on its next call, so a stale bucket is never mistaken for a current one.
 //!
 //! # Differences from the obvious peers
 //!

@@ -106,7 +106,8 @@ pub struct ScopeSnapshot {
 
 // The state word: 2 bits of kind, 16 bits of generation, 46 bits of "probe allowed from" in
 // milliseconds since the table's origin (open only). The generation makes every transition a
-// new value, so an outcome admitted under an earlier state is recognised and ignored.
+// new value, so an outcome admitted under an earlier state is recognised and ignored (modulo
+// 2^16: a call would have to outlive 65,536 transitions of its scope to be mistaken).
 const KIND_MASK: u64 = 0b11;
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
@@ -146,6 +147,8 @@ fn state_of(word: u64) -> CircuitState {
 // epoch and count into it, so no count is ever lost to a reset. Counts saturate at about a
 // million per bucket.
 const TAG_MASK: u64 = (1 << 24) - 1;
+/// A scope unused for this many buckets has its window cleared, so no tag can come round again.
+const STALE_AFTER_BUCKETS: u64 = 1 << 23;
 const COUNT_MASK: u64 = (1 << 20) - 1;
 
 fn pack_bucket(tag: u64, failures: u64, requests: u64) -> u64 {
@@ -165,6 +168,7 @@ pub(super) struct Core {
     windows: u64,
     bucket_nanos: u64,
     break_nanos: u64,
+    stale_after_ms: u64,
     consecutive_failures: Option<u32>,
     listeners: RwLock<Vec<Arc<dyn OnTransition>>>,
 }
@@ -202,7 +206,7 @@ impl Core {
             from = from.as_str(),
             to = to.as_str(),
             failure_ratio,
-            requests,
+            requests_in_window = requests,
             "circuit breaker changed state"
         );
         let transition = Transition {
@@ -212,14 +216,18 @@ impl Core {
             failure_ratio,
             requests,
         };
-        for listener in self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for listener in self.listeners() {
             listener.on_transition(&transition);
         }
+    }
+
+    /// A copy of the listeners, so that none is called under the lock (one may add another).
+    /// Transitions are rare: the copy costs nothing that matters.
+    fn listeners(&self) -> Vec<Arc<dyn OnTransition>> {
+        self.listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -266,8 +274,12 @@ impl Scope {
         let now_nanos = self.core.nanos(now);
         let now_ms = now_nanos / 1_000_000;
         // Only write when the millisecond changed: a store per request would bounce the line.
-        if self.last_used_ms.load(Ordering::Relaxed) != now_ms {
+        let last_used_ms = self.last_used_ms.load(Ordering::Relaxed);
+        if last_used_ms != now_ms {
             self.last_used_ms.store(now_ms, Ordering::Relaxed);
+            if now_ms.saturating_sub(last_used_ms) >= self.core.stale_after_ms {
+                self.clear_buckets();
+            }
         }
         let mut word = self.state.load(Ordering::Acquire);
         loop {
@@ -389,10 +401,14 @@ impl Scope {
         }
     }
 
-    fn reset_window(&self) {
+    fn clear_buckets(&self) {
         for bucket in self.buckets.iter() {
             bucket.store(0, Ordering::Release);
         }
+    }
+
+    fn reset_window(&self) {
+        self.clear_buckets();
         self.consecutive.store(0, Ordering::Release);
     }
 
@@ -558,6 +574,7 @@ impl Table {
             windows,
             bucket_nanos,
             break_nanos: u64::try_from(settings.break_duration.as_nanos()).unwrap_or(u64::MAX),
+            stale_after_ms: bucket_nanos.saturating_mul(STALE_AFTER_BUCKETS) / 1_000_000,
             consecutive_failures: settings.consecutive_failures,
             listeners: RwLock::new(Vec::new()),
         });
@@ -649,11 +666,7 @@ impl Table {
         if forgotten.is_empty() {
             return;
         }
-        let listeners = self
-            .core
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let listeners = self.core.listeners();
         for scope in forgotten {
             tracing::debug!(scope = %scope.name, "circuit breaker forgot a scope");
             for listener in listeners.iter() {

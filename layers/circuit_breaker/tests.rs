@@ -890,3 +890,22 @@ async fn on_many_threads_exactly_one_probe_goes_after_the_break() {
     assert_eq!(hits.load(Ordering::SeqCst), 4 + 1);
     assert_eq!(registry.state(HOST), Some(CircuitState::Closed));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bucket_tag_coming_round_again_does_not_bring_old_failures_back() {
+    // 1 ms buckets: the 24-bit bucket tags repeat every 2^24 ms (4.7 hours).
+    let (mut svc, _, registry) = breaker(
+        settings()
+            .sampling_duration(Duration::from_millis(2))
+            .windows_count(2)
+            .idle_timeout(Duration::from_secs(24 * 3600)),
+    );
+    for _ in 0..3 {
+        status(&mut svc, true).await;
+    }
+    tokio::time::advance(Duration::from_millis(1 << 24)).await;
+    status(&mut svc, true).await;
+    assert_eq!(registry.state(HOST), Some(CircuitState::Closed));
+    let snapshot = &registry.snapshot()[0];
+    assert_eq!((snapshot.requests, snapshot.failures), (1, 1));
+}
