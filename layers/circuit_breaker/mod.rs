@@ -32,6 +32,8 @@
 //! # Example
 //!
 //! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -48,25 +50,37 @@
 //! let breaker = CircuitBreakerLayer::new(settings);
 //! let registry = breaker.registry();
 //!
-//! // A destination that always fails.
-//! let transport = service_fn(|_req: Request<()>| async {
-//!     let mut response = Response::new(String::new());
-//!     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-//!     Ok::<_, std::convert::Infallible>(response)
+//! // A destination that answers 503 while `down` is set.
+//! let down = Arc::new(AtomicBool::new(true));
+//! let transport = service_fn({
+//!     let down = down.clone();
+//!     move |_req: Request<()>| {
+//!         let mut response = Response::new(String::new());
+//!         if down.load(Ordering::SeqCst) {
+//!             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+//!         }
+//!         async move { Ok::<_, std::convert::Infallible>(response) }
+//!     }
 //! });
 //! let client = ServiceBuilder::new().layer(breaker).service(transport);
-//!
 //! let call = || client.clone().oneshot(Request::get("http://inventory:8080/stock").body(()).unwrap());
+//!
 //! for _ in 0..4 {
 //!     assert_eq!(call().await?.status(), StatusCode::SERVICE_UNAVAILABLE);
 //! }
 //! assert_eq!(registry.state("http://inventory:8080"), Some(CircuitState::Open));
 //!
-//! // Open: answered at once, marked so that no retry follows.
+//! // Open: answered at once without calling the destination, marked so that no retry follows.
 //! let refused = call().await?;
 //! assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
 //! assert_eq!(refused.headers()["x-circuit-breaker"], "1");
 //! assert_eq!(refused.headers()["x-do-not-retry"], "1");
+//!
+//! // The destination recovers; after the break, one probe goes through and closes the breaker.
+//! down.store(false, Ordering::SeqCst);
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! assert_eq!(call().await?.status(), StatusCode::OK);
+//! assert_eq!(registry.state("http://inventory:8080"), Some(CircuitState::Closed));
 //! # Ok(())
 //! # }
 //! ```
