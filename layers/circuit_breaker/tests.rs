@@ -909,3 +909,58 @@ async fn a_bucket_tag_coming_round_again_does_not_bring_old_failures_back() {
     let snapshot = &registry.snapshot()[0];
     assert_eq!((snapshot.requests, snapshot.failures), (1, 1));
 }
+
+/// Collects the fields of every tracing event, as `name=value` text.
+#[derive(Clone, Default)]
+struct EventLog(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for EventLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_transition_is_a_tracing_event_with_scope_states_ratio_and_requests() {
+    let log = EventLog::default();
+    let _guard = tracing::subscriber::set_default(log.clone());
+    let (mut svc, _, registry) = breaker(settings());
+    for fail in [true, false, true, true] {
+        status(&mut svc, fail).await;
+    }
+    assert_eq!(registry.state(HOST), Some(CircuitState::Open));
+    let events = log.0.lock().unwrap();
+    let transitions: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("circuit breaker changed state"))
+        .collect();
+    assert_eq!(transitions.len(), 1, "{events:?}");
+    let event = transitions[0];
+    for field in [
+        "scope=http://backend:8080",
+        "from=\"closed\"",
+        "to=\"open\"",
+        "failure_ratio=0.75",
+        "requests_in_window=4",
+    ] {
+        assert!(event.contains(field), "{field} in {event}");
+    }
+}
