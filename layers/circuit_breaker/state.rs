@@ -456,19 +456,19 @@ impl Scope {
     /// Ends the half-open state of `generation`: closed with a fresh window after a success,
     /// open for another break after a failure, open with the break over (the next caller
     /// probes) when the probe ended without an outcome.
-    fn end_probe(&self, generation: u64, outcome: Option<bool>, now: Instant) {
+    fn end_probe(&self, generation: u64, outcome: ProbeOutcome, now: Instant) {
         let half_open = pack_state(HALF_OPEN, generation, 0);
         let (next, to) = match outcome {
-            Some(false) => {
+            ProbeOutcome::Accepted => {
                 // Only the probe leaves half-open, so nothing else writes the window meanwhile.
                 self.reset_window();
                 (pack_state(CLOSED, generation + 1, 0), CircuitState::Closed)
             }
-            Some(true) => (
+            ProbeOutcome::Rejected => (
                 pack_state(OPEN, generation + 1, self.core.reopen_ms(now)),
                 CircuitState::Open,
             ),
-            None => (
+            ProbeOutcome::Abandoned => (
                 pack_state(OPEN, generation + 1, self.core.nanos(now) / 1_000_000),
                 CircuitState::Open,
             ),
@@ -497,6 +497,14 @@ impl Scope {
     }
 }
 
+/// How a probe ended.
+enum ProbeOutcome {
+    Accepted,
+    Rejected,
+    /// Dropped before it had an outcome.
+    Abandoned,
+}
+
 /// The epoch in the window ending at `epoch` that lands in `slot`, if the window reaches it.
 fn slot_epoch(epoch: u64, slot: u64, windows: u64) -> Option<u64> {
     let back = (epoch % windows + windows - slot) % windows;
@@ -517,7 +525,12 @@ impl Ticket {
         self.done = true;
         let now = Instant::now();
         if self.probe {
-            self.scope.end_probe(self.generation, Some(failed), now);
+            let outcome = if failed {
+                ProbeOutcome::Rejected
+            } else {
+                ProbeOutcome::Accepted
+            };
+            self.scope.end_probe(self.generation, outcome, now);
         } else {
             self.scope.record_closed(self.generation, failed, now);
         }
@@ -529,7 +542,8 @@ impl Drop for Ticket {
         // A probe dropped before its outcome (the caller gave up, a hedge won) must not leave
         // the scope half-open for ever: give the probe slot back to the next caller.
         if self.probe && !self.done {
-            self.scope.end_probe(self.generation, None, Instant::now());
+            self.scope
+                .end_probe(self.generation, ProbeOutcome::Abandoned, Instant::now());
         }
     }
 }
