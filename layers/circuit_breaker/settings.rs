@@ -45,6 +45,31 @@ const MIN_BUCKET: Duration = Duration::from_millis(1);
 pub(super) const MAX_WINDOWS: u32 = 1000;
 
 impl CircuitBreakerSettings {
+    /// aio-request's `DefaultCircuitBreaker` arguments, the others at their defaults; the same
+    /// checks as [`CircuitBreakerSettingsBuilder::build`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lifeline::circuit_breaker::CircuitBreakerSettings;
+    ///
+    /// let settings = CircuitBreakerSettings::new(0.5, 10, Duration::from_secs(30), Duration::from_secs(5));
+    /// assert!(settings.is_ok());
+    /// assert!(CircuitBreakerSettings::new(0.5, 0, Duration::from_secs(30), Duration::from_secs(5)).is_err());
+    /// ```
+    pub fn new(
+        failure_threshold: f64,
+        minimum_throughput: u32,
+        sampling_duration: Duration,
+        break_duration: Duration,
+    ) -> Result<Self, InvalidSettings> {
+        Self::builder()
+            .failure_threshold(failure_threshold)
+            .minimum_throughput(minimum_throughput)
+            .sampling_duration(sampling_duration)
+            .break_duration(break_duration)
+            .build()
+    }
+
     /// A builder starting from the defaults.
     pub fn builder() -> CircuitBreakerSettingsBuilder {
         CircuitBreakerSettingsBuilder {
