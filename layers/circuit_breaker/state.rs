@@ -171,6 +171,8 @@ pub(super) struct Core {
     stale_after_ms: u64,
     consecutive_failures: Option<u32>,
     listeners: RwLock<Vec<Arc<dyn OnTransition>>>,
+    /// Calls refused by an open or half-open breaker, for metrics; touched only on refusal.
+    refused: AtomicU64,
 }
 
 impl Core {
@@ -295,6 +297,7 @@ impl Scope {
                 OPEN => {
                     let reopen_ms = reopen_ms_of(word);
                     if now_nanos < reopen_ms.saturating_mul(1_000_000) {
+                        self.core.refused.fetch_add(1, Ordering::Relaxed);
                         return Admission::Refuse(CircuitOpen::new(
                             self.name.clone(),
                             CircuitState::Open,
@@ -324,11 +327,12 @@ impl Scope {
                     }
                 }
                 _ => {
+                    self.core.refused.fetch_add(1, Ordering::Relaxed);
                     return Admission::Refuse(CircuitOpen::new(
                         self.name.clone(),
                         CircuitState::HalfOpen,
                         None,
-                    ))
+                    ));
                 }
             }
         }
@@ -591,6 +595,7 @@ impl Table {
             stale_after_ms: bucket_nanos.saturating_mul(STALE_AFTER_BUCKETS) / 1_000_000,
             consecutive_failures: settings.consecutive_failures,
             listeners: RwLock::new(Vec::new()),
+            refused: AtomicU64::new(0),
         });
         // Split the bound exactly: the shards' capacities add up to max_scopes.
         let count = settings.max_scopes.clamp(1, MAX_SHARDS);
@@ -711,6 +716,11 @@ impl BreakerRegistry {
             .unwrap_or_else(PoisonError::into_inner)
             .get(scope)
             .map(|s| s.state())
+    }
+
+    /// Calls refused so far by this table's open and half-open breakers.
+    pub fn refused(&self) -> u64 {
+        self.table.core.refused.load(Ordering::Relaxed)
     }
 
     /// Every known scope, sorted by name.
