@@ -8,12 +8,14 @@
 //!   through the `Client` preset, one client per strategy;
 //! - a **load driver** that calls the frontend with a 2 s deadline, then prints one row per
 //!   strategy: latency percentiles, success rate, and the extra load put on the backend;
+//! - an **outage**: the backend fails every request for 2 s; the circuit breaker opens, refuses
+//!   calls at once instead of sending them, probes, and closes again when the backend is back;
 //! - a **deadline** round: callers whose time is (nearly) gone are refused before any work.
 //!
 //! Run: `cargo run --example demo` (`-- --help` for options). It finishes in well under a minute.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
+use tower_lifeline::circuit_breaker::{
+    CircuitBreakerSettings, CircuitOpen, CircuitState, Transition,
+};
 use tower_lifeline::client::Client;
 use tower_lifeline::deadline::DeadlineExceeded;
 use tower_lifeline::error::find_source;
@@ -55,10 +60,15 @@ const STRATEGIES: [&str; 4] = [
 #[derive(Default)]
 struct Backend {
     calls: AtomicU64,
+    /// While set, every request fails at once.
+    outage: AtomicBool,
 }
 
 async fn backend_item(State(backend): State<Arc<Backend>>) -> StatusCode {
     let n = backend.calls.fetch_add(1, Ordering::Relaxed);
+    if backend.outage.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     // Bursts: 10 consecutive 503s out of every 500 requests.
     if n % 500 < 10 {
         return StatusCode::SERVICE_UNAVAILABLE;
@@ -205,6 +215,135 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// Runs load through a client with a circuit breaker while the backend goes down for 2 s and
+/// comes back, and reports what the breaker did.
+async fn outage(
+    backend: &Arc<Backend>,
+    addr: SocketAddr,
+    concurrency: usize,
+) -> Result<(), tower_lifeline::BoxError> {
+    let settings = CircuitBreakerSettings::builder()
+        .failure_threshold(0.5)
+        .minimum_throughput(20)
+        .sampling_duration(Duration::from_secs(1))
+        .break_duration(Duration::from_millis(250))
+        .build()?;
+    let client = Client::builder()
+        .service_name("frontend")
+        .strategy(StrategyLayer::new().strategy(Strategy::single()))
+        .circuit_breaker(Some(settings))
+        .build()?;
+    let (trips, failed_probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    if let Some(breakers) = client.breakers() {
+        let (trips, failed_probes) = (trips.clone(), failed_probes.clone());
+        breakers.on_transition(move |t: &Transition<'_>| match (t.from, t.to) {
+            (CircuitState::Closed, CircuitState::Open) => {
+                trips.fetch_add(1, Ordering::Relaxed);
+            }
+            (CircuitState::HalfOpen, CircuitState::Open) => {
+                failed_probes.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        });
+    }
+
+    let (offered, refused, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let recovered_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let outage_over = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(8) {
+        let (client, offered, refused, failed) = (
+            client.clone(),
+            offered.clone(),
+            refused.clone(),
+            failed.clone(),
+        );
+        let (recovered_at, outage_over, stop, backend) = (
+            recovered_at.clone(),
+            outage_over.clone(),
+            stop.clone(),
+            backend.clone(),
+        );
+        workers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let during = backend.outage.load(Ordering::Relaxed);
+                let result = client
+                    .get(&format!("http://{addr}/item"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                match result {
+                    Ok(response) if response.status() == StatusCode::OK => {
+                        let over = *outage_over.lock().unwrap_or_else(|e| e.into_inner());
+                        if over.is_some() {
+                            recovered_at
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(_) if during => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) if during && find_source::<CircuitOpen>(err.as_ref()).is_some() => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                if during {
+                    offered.fetch_add(1, Ordering::Relaxed);
+                }
+                // About 1,000 calls a second in all: enough to trip, not a flood.
+                tokio::time::sleep(Duration::from_millis(8)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backend_before = backend.calls.load(Ordering::Relaxed);
+    backend.outage.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    backend.outage.store(false, Ordering::Relaxed);
+    let backend_during = backend.calls.load(Ordering::Relaxed) - backend_before;
+    let came_back = Instant::now();
+    *outage_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(came_back);
+    let waited = Instant::now();
+    while recovered_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_none()
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while workers.join_next().await.is_some() {}
+
+    let offered = offered.load(Ordering::Relaxed);
+    println!(
+        "\nbreaker: backend down for 2.0 s: {} calls offered, {} refused at once by the open breaker, \
+         {} failed at the backend (the backend saw {} calls); {} trip(s), {} failed probe(s)",
+        offered,
+        refused.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        backend_during,
+        trips.load(Ordering::Relaxed),
+        failed_probes.load(Ordering::Relaxed),
+    );
+    match *recovered_at.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(at) => println!(
+            "breaker: first success {:.0} ms after the backend came back (break 250 ms, then one probe)",
+            at.saturating_duration_since(came_back).as_secs_f64() * 1000.0
+        ),
+        None => println!("breaker: no success within 5 s of the backend coming back"),
+    }
+    Ok(())
+}
+
 struct Options {
     requests: usize,
     concurrency: usize,
@@ -303,6 +442,8 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
             100.0 * (backend_calls as f64 / results.len() as f64 - 1.0),
         );
     }
+
+    outage(&backend, backend_addr, options.concurrency).await?;
 
     // Deadlines: callers with 3 ms left are refused at the door (408); callers with 20 ms left
     // get in, but after the frontend's 25 ms of work the backend call is not sent.

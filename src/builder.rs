@@ -97,6 +97,16 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         timeout: Duration,
     ) -> ServiceBuilder<Stack<crate::timeout::ServerTimeoutLayer, L>>;
+
+    /// Client circuit breaker per destination
+    /// ([`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)). Keep the layer,
+    /// or its [`registry`](crate::circuit_breaker::CircuitBreakerLayer::registry), to watch the
+    /// breakers' states.
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, K, M>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -167,5 +177,13 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         timeout: Duration,
     ) -> ServiceBuilder<Stack<crate::timeout::ServerTimeoutLayer, L>> {
         self.layer(crate::timeout::ServerTimeoutLayer::new(timeout))
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, K, M>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>> {
+        self.layer(layer)
     }
 }

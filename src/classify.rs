@@ -8,6 +8,7 @@
 //! - transport errors (refused, reset, timed out) are rejected;
 //! - a call the deadline layer refused to send, for want of time, is final: no time is left
 //!   for another attempt;
+//! - a call an open circuit breaker refused is final: the breaker answers for the destination;
 //! - everything else is accepted.
 //!
 //! ```
@@ -96,6 +97,10 @@ impl Classify for DefaultClassifier {
         if crate::error::find_source::<crate::deadline::DeadlineExceeded>(error)
             .is_some_and(|e| !e.was_sent())
         {
+            return Verdict::Accept;
+        }
+        #[cfg(feature = "circuit-breaker")]
+        if crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
             return Verdict::Accept;
         }
         let _ = error;

@@ -7,9 +7,13 @@
 //! 1. metrics of the whole call (if [`ClientBuilder::metrics`] is set);
 //! 2. deadline: explicit, inherited or default; refuses to send with under 5 ms left;
 //! 3. strategy: by method by default; retries, hedging, budget, `Retry-After`;
-//! 4. metrics of each attempt;
-//! 5. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
-//! 6. transport.
+//! 4. circuit breaker per destination (every attempt counts; an open breaker fails the call at
+//!    once with a typed [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) that the strategy
+//!    does not retry);
+//! 5. attempt timeout (if [`ClientBuilder::attempt_timeout`] is set): min(it, time left);
+//! 6. metrics of each attempt;
+//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
+//! 8. transport.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
 //! README's `ServiceBuilder` example.
@@ -50,12 +54,14 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
+use crate::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer, CircuitBreakerSettings};
 use crate::context::{Deadline, Priority, RouteTemplate};
 use crate::deadline::ClientDeadlineLayer;
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
 use crate::propagation::PropagateLayer;
 use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
+use crate::timeout::AttemptTimeoutLayer;
 
 /// The request body the preset sends.
 pub type ClientBody = Full<Bytes>;
@@ -119,6 +125,8 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     http2_only: bool,
     strategy: StrategyLayer,
+    breaker: Option<CircuitBreakerSettings>,
+    attempt_timeout: Option<Duration>,
     metrics: Option<ClientMetrics>,
 }
 
@@ -134,6 +142,8 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
             strategy: StrategyLayer::new(),
+            breaker: Some(CircuitBreakerSettings::default()),
+            attempt_timeout: None,
             metrics: None,
         }
     }
@@ -197,6 +207,20 @@ impl ClientBuilder {
         self
     }
 
+    /// The circuit breaker's settings (default: Polly v8's, as [`CircuitBreakerSettings::default`]);
+    /// `None` for no breaker.
+    pub fn circuit_breaker(mut self, settings: Option<CircuitBreakerSettings>) -> Self {
+        self.breaker = settings;
+        self
+    }
+
+    /// Limit each attempt to min(`timeout`, time left before the deadline) (default: no limit
+    /// beyond the deadline).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
     /// Measure calls and attempts with these (registered) metrics.
     pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -247,6 +271,10 @@ impl ClientBuilder {
             .http2_only(self.http2_only);
         let transport = connect(pool, http, self.http2_only);
 
+        let breaker = self
+            .breaker
+            .map(|settings| CircuitBreakerLayer::new(settings).return_error());
+        let breakers = breaker.as_ref().map(CircuitBreakerLayer::registry);
         let stack = ServiceBuilder::new()
             .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
             .layer(
@@ -256,6 +284,8 @@ impl ClientBuilder {
                     .write_header(false),
             )
             .layer(self.strategy.clone())
+            .option_layer(breaker)
+            .option_layer(self.attempt_timeout.map(AttemptTimeoutLayer::new))
             .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))
             .layer(propagate)
             .service(transport);
@@ -263,6 +293,7 @@ impl ClientBuilder {
             stack: BoxCloneSyncService::new(stack.map_err(Into::into)),
             base,
             default_headers,
+            breakers,
         })
     }
 }
@@ -300,6 +331,7 @@ pub struct Client {
     stack: Stack,
     base: Option<Uri>,
     default_headers: HeaderMap,
+    breakers: Option<BreakerRegistry>,
 }
 
 impl fmt::Debug for Client {
@@ -314,6 +346,11 @@ impl Client {
     /// A builder with the defaults.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// The circuit breakers' states, if the client has a breaker.
+    pub fn breakers(&self) -> Option<&BreakerRegistry> {
+        self.breakers.as_ref()
     }
 
     /// A `GET` of `url` (absolute, or relative to the base URL).

@@ -12,7 +12,9 @@
 //!   retry budget, never sending a non-idempotent request twice;
 //! - **load shedding** ([`load_shed`]) by priority and remaining deadline;
 //! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
-//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout.
+//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout;
+//! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
+//!   destination is refused at once, until one probe shows it has recovered.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
@@ -85,6 +87,9 @@ pub mod metrics;
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(feature = "server")]
+pub mod server;
+
 #[cfg(feature = "load-shed")]
 #[path = "../layers/load_shed/mod.rs"]
 pub mod load_shed;
@@ -100,6 +105,10 @@ pub mod health;
 #[cfg(feature = "timeout")]
 #[path = "../layers/timeout/mod.rs"]
 pub mod timeout;
+
+#[cfg(feature = "circuit-breaker")]
+#[path = "../layers/circuit_breaker/mod.rs"]
+pub mod circuit_breaker;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

@@ -212,9 +212,17 @@ fn endpoint_label<B>(req: &Request<B>) -> String {
     }
 }
 
-/// The status label of a call that ended in an error: `timeout` when a deadline or timeout
-/// ended it, `error` for any other transport failure.
+/// The status label of a call that ended in an error: `circuit_open` when a breaker refused it,
+/// `timeout` when a deadline or timeout ended it, `error` for any other transport failure.
 fn error_status(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    #[cfg(feature = "circuit-breaker")]
+    if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
+        return "circuit_open";
+    }
+    #[cfg(feature = "timeout")]
+    if find_source::<crate::timeout::AttemptTimedOut>(error).is_some() {
+        return "timeout";
+    }
     #[cfg(feature = "deadline")]
     if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
         return "timeout";
@@ -298,7 +306,11 @@ where
                     recording.status = Cow::Owned(status.as_str().to_owned());
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
                 }
-                Err(error) => recording.status = Cow::Borrowed(error_status(error.as_ref())),
+                Err(error) => {
+                    let status = error_status(error.as_ref());
+                    recording.breaker = status == "circuit_open";
+                    recording.status = Cow::Borrowed(status);
+                }
             }
         }
         Poll::Ready(result)

@@ -14,8 +14,10 @@
 //! of single attempts. The path is the caller's `RouteTemplate` if given, else a bounded
 //! normalisation (`/users/42` → `/users/{id}`), or the raw path if
 //! [`MetricsConfig::raw_paths`] opts in. A transport failure has status `error`, or `timeout`
-//! when a deadline or timeout ended it; a call dropped by its caller, `499`.
-//! [`register_strategy`] exposes the strategy layer's retry, hedge and budget counters.
+//! when a deadline or timeout ended it, or `circuit_open` (with `circuit_breaker="true"`) when a
+//! breaker refused it; a call dropped by its caller, `499`.
+//! [`register_strategy`] exposes the strategy layer's retry, hedge and budget counters, and
+//! [`register_circuit_breaker`] the breakers' states and refusals.
 //!
 //! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
 //! reproduces aio-request's names, labels and buckets exactly.
@@ -57,6 +59,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "circuit-breaker")]
+mod breaker;
 mod client;
 mod exposition;
 mod labels;
@@ -68,6 +72,8 @@ mod strategy;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "circuit-breaker")]
+pub use breaker::register_circuit_breaker;
 pub use client::{ClientMetrics, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
 #[cfg(feature = "axum")]
 pub use exposition::route;

@@ -1,0 +1,143 @@
+//! The full server stack on a real port.
+//!
+//! ```text
+//! cargo run --example server -- --addr 127.0.0.1:8080 [--bare] [--capacity N]
+//! ```
+//!
+//! Routes: `GET /hello`, `GET /slow?ms=N`, `GET /status/{code}`, `GET /context` (the request
+//! context as JSON), `POST /echo`, and `/metrics`, `/healthz`, `/readyz`. SIGTERM or Ctrl-C
+//! drains gracefully. `--bare` serves the same routes with no tower-lifeline layer at all: the
+//! baseline for measuring overhead.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use tower_lifeline::server::Server;
+use tower_lifeline::shutdown::Drained;
+use tower_lifeline::RequestContext;
+
+const HELP: &str = "\
+server: the full tower-lifeline server stack on a real port
+
+USAGE: cargo run --example server -- [--addr ADDR] [--bare] [--capacity N]
+
+OPTIONS:
+    --addr ADDR      where to listen (default 127.0.0.1:8080)
+    --bare           no tower-lifeline layer at all (the overhead baseline)
+    --capacity N     requests handled at once before shedding (default 1024)
+    -h, --help       print this help
+
+ROUTES: GET /hello, GET /slow?ms=N, GET /status/{code}, GET /context, POST /echo,
+        GET /metrics, GET /healthz, GET /readyz";
+
+#[derive(Deserialize)]
+struct Slow {
+    ms: Option<u64>,
+}
+
+/// The application: the same routes with or without the stack.
+fn app() -> Router {
+    Router::new()
+        .route("/hello", get(|| async { "hello\n" }))
+        .route(
+            "/slow",
+            get(|Query(slow): Query<Slow>| async move {
+                // At most a minute: a caller cannot park a handler forever.
+                let ms = slow.ms.unwrap_or(100).min(60_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                format!("slept {ms} ms\n")
+            }),
+        )
+        .route(
+            "/status/{code}",
+            get(|Path(code): Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+            }),
+        )
+        .route(
+            "/context",
+            get(|ctx: RequestContext| async move {
+                Json(json!({
+                    "deadline_ms": ctx.deadline().map(|d| d.remaining().as_millis() as u64),
+                    "priority": ctx.priority().as_str(),
+                }))
+            }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), tower_lifeline::BoxError> {
+    let mut addr = "127.0.0.1:8080".to_owned();
+    let mut bare = false;
+    let mut capacity = 1024;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{HELP}");
+                return Ok(());
+            }
+            "--addr" => addr = args.next().ok_or("--addr needs an address")?,
+            "--bare" => bare = true,
+            "--capacity" => {
+                capacity = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--capacity needs a number")?;
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help").into()),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+
+    if bare {
+        let app = app()
+            .route("/metrics", get(|| async { "" }))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(|| async { "ready\n" }));
+        println!("bare axum on http://{addr} (no tower-lifeline layers)");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(ctrl_c_or_term())
+            .await?;
+        return Ok(());
+    }
+
+    let server = Server::builder()
+        .capacity(capacity)
+        .registry(Registry::new())
+        .build(app())?;
+    server.shutdown().listen_for_signals();
+    println!("tower-lifeline server stack on http://{addr} (SIGTERM or Ctrl-C drains)");
+    match server.serve(listener).await? {
+        Drained::Completed => println!("drained: every request finished"),
+        Drained::GraceExpired { in_flight } => {
+            println!("grace period over with {in_flight} requests unfinished")
+        }
+    }
+    Ok(())
+}
+
+async fn ctrl_c_or_term() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,100 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::state::Ticket;
+use super::{CircuitOpen, OnOpen};
+use crate::classify::{Classify, Verdict};
+use crate::error::BoxError;
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker).
+    pub struct CircuitBreakerFuture<F, C, M> {
+        #[pin]
+        state: State<F, C>,
+        on_open: M,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, C> {
+        Refused { open: Option<CircuitOpen> },
+        Running {
+            #[pin]
+            inner: F,
+            // Taken when the outcome is recorded; dropping it unrecorded frees a probe slot.
+            ticket: Option<Ticket>,
+            classifier: Arc<C>,
+        },
+    }
+}
+
+impl<F, C, M> CircuitBreakerFuture<F, C, M> {
+    pub(super) fn running(inner: F, ticket: Ticket, classifier: Arc<C>, on_open: M) -> Self {
+        CircuitBreakerFuture {
+            state: State::Running {
+                inner,
+                ticket: Some(ticket),
+                classifier,
+            },
+            on_open,
+        }
+    }
+
+    pub(super) fn refused(open: CircuitOpen, on_open: M) -> Self {
+        CircuitBreakerFuture {
+            state: State::Refused { open: Some(open) },
+            on_open,
+        }
+    }
+}
+
+impl<F, C, M> fmt::Debug for CircuitBreakerFuture<F, C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, M, B, E> Future for CircuitBreakerFuture<F, C, M>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    C: Classify,
+    M: OnOpen<B>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.state.project() {
+            StateProj::Refused { open } => match open.take() {
+                Some(open) => Poll::Ready(this.on_open.on_open(open)),
+                None => panic!("CircuitBreakerFuture polled after completion"),
+            },
+            StateProj::Running {
+                inner,
+                ticket,
+                classifier,
+            } => {
+                let result = std::task::ready!(inner.poll(cx)).map_err(Into::into);
+                let verdict = match &result {
+                    Ok(response) => {
+                        classifier.classify_response(response.status(), response.headers())
+                    }
+                    Err(error) => classifier.classify_error(error.as_ref()),
+                };
+                if let Some(ticket) = ticket.take() {
+                    ticket.finish(verdict == Verdict::Reject);
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}

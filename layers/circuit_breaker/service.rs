@@ -1,0 +1,137 @@
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::future::CircuitBreakerFuture;
+use super::state::{Admission, BreakerRegistry, Scope, Table};
+use super::{CircuitBreakerLayer, OnOpen, ScopeBy};
+use crate::classify::Classify;
+use crate::error::BoxError;
+
+/// The service made by [`CircuitBreakerLayer`]. See the [module docs](super).
+pub struct CircuitBreaker<S, C, K, M> {
+    inner: S,
+    table: Arc<Table>,
+    classifier: Arc<C>,
+    scope_by: K,
+    on_open: M,
+    /// Reused for every request's scope, so choosing it does not allocate.
+    buffer: String,
+    /// The scope of the previous call: a client of one destination skips the table's lock.
+    last: Option<Arc<Scope>>,
+}
+
+impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
+    pub(super) fn new(inner: S, layer: &CircuitBreakerLayer<C, K, M>) -> Self {
+        CircuitBreaker {
+            inner,
+            table: layer.table.clone(),
+            classifier: layer.classifier.clone(),
+            scope_by: layer.scope_by.clone(),
+            on_open: layer.on_open.clone(),
+            buffer: String::new(),
+            last: None,
+        }
+    }
+}
+
+impl<S, C, K, M> CircuitBreaker<S, C, K, M> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The states of the scopes, shared with the layer and its other services.
+    pub fn registry(&self) -> BreakerRegistry {
+        BreakerRegistry {
+            table: self.table.clone(),
+        }
+    }
+
+    fn scope(&mut self, now: Instant) -> Arc<Scope> {
+        if let Some(last) = &self.last {
+            if *last.name == *self.buffer && !last.forgotten.load(Ordering::Acquire) {
+                return last.clone();
+            }
+        }
+        let scope = self.table.scope(&self.buffer, now);
+        self.last = Some(scope.clone());
+        scope
+    }
+}
+
+impl<S: Clone, C, K: Clone, M: Clone> Clone for CircuitBreaker<S, C, K, M> {
+    fn clone(&self) -> Self {
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            table: self.table.clone(),
+            classifier: self.classifier.clone(),
+            scope_by: self.scope_by.clone(),
+            on_open: self.on_open.clone(),
+            // A fresh buffer: copying the previous scope's text would be a wasted allocation.
+            buffer: String::new(),
+            last: self.last.clone(),
+        }
+    }
+}
+
+impl<S, C, K, M, B, ResBody> Service<Request<B>> for CircuitBreaker<S, C, K, M>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    K: ScopeBy<B>,
+    M: OnOpen<ResBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = CircuitBreakerFuture<S::Future, C, M>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The scope is in the request, which `poll_ready` does not see: an open breaker cannot
+        // refuse here, so readiness is the inner service's and refusal happens in `call`.
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.buffer.clear();
+        self.scope_by.scope(&req, &mut self.buffer);
+        let now = Instant::now();
+        match self.scope(now).admit(now) {
+            // The inner service is called here, on the instance `poll_ready` readied; it never
+            // moves into the future, so no clone needs swapping in.
+            Admission::Admit(ticket) => CircuitBreakerFuture::running(
+                self.inner.call(req),
+                ticket,
+                self.classifier.clone(),
+                self.on_open.clone(),
+            ),
+            // Refused without calling the inner service: its readiness stays reserved for the
+            // next call on this instance, which tower's contract allows.
+            Admission::Refuse(open) => CircuitBreakerFuture::refused(open, self.on_open.clone()),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, K, M> fmt::Debug for CircuitBreaker<S, C, K, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
