@@ -9,7 +9,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{call_once, each_case, request, Req, Visitor};
+use common::{check_once, each_case, request, Req, Visitor};
 use http::Response;
 use tower::{Service, ServiceExt};
 
@@ -60,7 +60,7 @@ impl Visitor for Count {
         let (allocations, bytes) = self.runtime.block_on(async {
             // Warm up: first calls fill lazily built tables (label sets, histograms).
             for _ in 0..100 {
-                assert_eq!(call_once(&mut service).await, 200, "{name}");
+                check_once(group, name, &mut service).await;
             }
             let (a0, b0) = (
                 ALLOCATIONS.load(Ordering::Relaxed),

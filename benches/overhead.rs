@@ -10,7 +10,7 @@ mod common;
 
 use std::hint::black_box;
 
-use common::{call_once, each_case, request, Req, Visitor};
+use common::{check_once, each_case, request, Req, Visitor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Response;
 use tower::{Service, ServiceExt};
@@ -26,8 +26,7 @@ impl Visitor for Bench<'_> {
         S: Service<Req, Response = Response<B>> + 'static,
         S::Error: std::fmt::Debug,
     {
-        let status = self.runtime.block_on(call_once(&mut service));
-        assert_eq!(status, 200, "{name} must answer 200 on its happy path");
+        self.runtime.block_on(check_once(group, name, &mut service));
         let runtime = &self.runtime;
         self.criterion
             .benchmark_group(group)

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_lifeline::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerSettings};
 use tower_lifeline::deadline::{ClientDeadlineLayer, ServerDeadlineLayer};
 use tower_lifeline::load_shed::LoadShedLayer;
 use tower_lifeline::metrics::{ClientMetrics, MetricsConfig, ServerMetrics};
@@ -53,6 +54,24 @@ impl<B> Service<Request<B>> for Noop {
     }
 }
 
+/// An inner service that fails every call: trips the breakers for the refused-call cases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failing;
+
+impl<B> Service<Request<B>> for Failing {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = Ready<Result<Self::Response, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        ready(Err(std::io::Error::other("backend down")))
+    }
+}
+
 /// Receives each case, generic so that no case is boxed for the measurement.
 pub trait Visitor {
     fn visit<S, B>(&mut self, group: &str, name: &str, service: S)
@@ -61,15 +80,49 @@ pub trait Visitor {
         S::Error: std::fmt::Debug;
 }
 
-/// Checks once that a case answers 200, so a bench never times a refusal by mistake.
-pub async fn call_once<S, B>(service: &mut S) -> u16
+/// One call's outcome: the status, or the error's text.
+pub async fn call_once<S, B>(service: &mut S) -> Result<u16, String>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    let ready = service.ready().await.expect("ready");
-    let response = ready.call(request()).await.expect("a response");
-    response.status().as_u16()
+    let ready = service.ready().await.map_err(|e| format!("{e:?}"))?;
+    let response = ready.call(request()).await.map_err(|e| format!("{e:?}"))?;
+    Ok(response.status().as_u16())
+}
+
+/// Checks once that a case behaves as its group says: `200`, or refused in the group
+/// `refused`. A bench never times a refusal by mistake, nor a success.
+pub async fn check_once<S, B>(group: &str, name: &str, service: &mut S)
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let outcome = call_once(service).await;
+    if group == "refused" {
+        assert!(outcome != Ok(200), "{name} must refuse, got {outcome:?}");
+    } else {
+        assert_eq!(outcome, Ok(200), "{name} must answer 200 on its happy path");
+    }
+}
+
+/// Calls `service` until it is open (refuses without calling the failing inner service).
+fn tripped<S>(mut service: S) -> S
+where
+    S: Service<Req>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        for _ in 0..20 {
+            if let Ok(ready) = service.ready().await {
+                let _ = ready.call(request()).await;
+            }
+        }
+    });
+    service
 }
 
 /// `tower::retry` with a policy that retries errors up to 3 attempts (the happy path never does).
@@ -132,24 +185,26 @@ pub fn client_stack(
         .layer(metrics.call_layer())
         .layer(ClientDeadlineLayer::new().write_header(false))
         .layer(strategy)
+        .layer(CircuitBreakerLayer::new(CircuitBreakerSettings::default()).return_error())
         .layer(metrics.attempt_layer())
         .layer(propagate())
         .service(Noop)
 }
 
-pub type ServerStack<S> = tower_lifeline::metrics::ServerMetricsService<
-    tower_lifeline::shutdown::Drain<
+pub type ServerStack<S> = tower_lifeline::shutdown::Drain<
+    tower_lifeline::metrics::ServerMetricsService<
         tower_lifeline::deadline::ServerDeadline<
             tower_lifeline::priority::ServerPriority<tower_lifeline::load_shed::LoadShed<S>>,
         >,
     >,
 >;
 
-/// The server stack in DESIGN.md's order: metrics, drain, deadline, priority, load shedding.
+/// The server stack in the `Server` preset's order (src/server.rs): drain, metrics, deadline,
+/// priority, load shedding.
 pub fn server_stack<S>(inner: S, shutdown: &Shutdown) -> ServerStack<S> {
     ServiceBuilder::new()
-        .layer(server_metrics().layer())
         .layer(shutdown.layer())
+        .layer(server_metrics().layer())
         .layer(ServerDeadlineLayer::new())
         .layer(ServerPriorityLayer::new())
         .layer(LoadShedLayer::new(256))
@@ -264,7 +319,14 @@ pub fn each_case<V: Visitor>(v: &mut V) {
         tower::hedge::Hedge::new::<Req>(Noop, HedgeAll, 10, 0.9, Duration::from_secs(10)),
     );
 
-    // Circuit breakers.
+    // Circuit breakers: closed, every call succeeds.
+    v.visit(
+        "breaker",
+        "ours: circuit breaker (per destination)",
+        CircuitBreakerLayer::new(CircuitBreakerSettings::default())
+            .return_error()
+            .layer(Noop),
+    );
     v.visit(
         "breaker",
         "tower-resilience circuit breaker",
@@ -274,6 +336,36 @@ pub fn each_case<V: Visitor>(v: &mut V) {
             .build()
             .expect("valid breaker")
             .layer(Noop),
+    );
+
+    // Open breakers: the backend failed, the breaker refuses without calling it.
+    let settings = CircuitBreakerSettings::builder()
+        .consecutive_failures(5)
+        .break_duration(Duration::from_secs(3600))
+        .build()
+        .expect("valid settings");
+    v.visit(
+        "refused",
+        "ours: open circuit breaker",
+        tripped(
+            CircuitBreakerLayer::new(settings)
+                .return_error()
+                .layer(Failing),
+        ),
+    );
+    v.visit(
+        "refused",
+        "tower-resilience open circuit breaker",
+        tripped(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(10)
+                .minimum_number_of_calls(5)
+                .wait_duration_in_open(Duration::from_secs(3600))
+                .build()
+                .expect("valid breaker")
+                .layer(Failing),
+        ),
     );
 
     // Whole stacks.
