@@ -1,1 +1,326 @@
-fn main() {}
+//! End to end on loopback: servers and clients driven by the same Rust load generator, in
+//! alternating A/B rounds, in one process.
+//!
+//! ```text
+//! cargo bench --bench e2e [-- --rounds N --secs S --connections C]
+//! ```
+//!
+//! Servers on 127.0.0.1, each serving `GET /hello`:
+//! - `bare axum`: the router alone;
+//! - `tower-lifeline`: the same router in the `Server` preset (drain, metrics, deadline,
+//!   priority, load shedding; plus `/metrics` and the probes beside it);
+//! - `axum-prometheus`: the same router with axum-prometheus's metric layer.
+//!
+//! The load generator keeps C HTTP/1.1 keep-alive connections busy (one request at a time on
+//! each) for S seconds per round; rounds alternate between the variants. Then the clients: C
+//! tasks sharing one `tower_lifeline::client::Client`, or one bare hyper-util client, against the
+//! bare server. It prints requests per second and p50/p99 per variant, and the ratios to bare.
+//! Bounded in time (about `rounds * secs * 5` seconds), loopback only, stops by itself.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::time::Instant;
+use tower_lifeline::client::Client;
+use tower_lifeline::server::Server;
+
+struct Options {
+    rounds: u32,
+    secs: f64,
+    connections: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        rounds: 3,
+        secs: 3.0,
+        connections: 32,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let value = args.get(i + 1);
+        match (args[i].as_str(), value) {
+            ("--rounds", Some(v)) => options.rounds = v.parse().expect("--rounds N"),
+            ("--secs", Some(v)) => options.secs = v.parse().expect("--secs S"),
+            ("--connections", Some(v)) => options.connections = v.parse().expect("--connections C"),
+            _ => {
+                // `cargo bench` adds `--bench`; anything else unknown is ignored too.
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    options
+}
+
+fn app() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// What one variant saw over all its rounds.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> f64 {
+        self.latencies_us.sort_unstable();
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() as f64 * p / 100.0).ceil() as usize)
+            .clamp(1, self.latencies_us.len());
+        f64::from(self.latencies_us[index - 1]) / 1000.0
+    }
+}
+
+/// The same headers a tower-lifeline caller sends, to every server.
+fn hello(addr: SocketAddr) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .uri("/hello")
+        .header("host", addr.to_string())
+        .header("x-request-timeout", "5")
+        .header("x-request-priority", "normal")
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+/// One round against a server: `connections` keep-alive connections, one request at a time each.
+async fn server_round(addr: SocketAddr, connections: usize, secs: f64, tally: &mut Tally) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(connection);
+            let mut latencies = Vec::with_capacity(65_536);
+            let mut errors = 0u64;
+            while Instant::now() < end {
+                let start = Instant::now();
+                let ok = match sender.send_request(hello(addr)).await {
+                    Ok(response) => {
+                        let ok = response.status() == 200;
+                        ok & response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(start.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("load task");
+        tally.requests += latencies.len() as u64;
+        tally.errors += errors;
+        tally.latencies_us.extend(latencies);
+    }
+    tally.elapsed += started.elapsed();
+}
+
+/// The two clients compared, behind one call signature.
+#[derive(Clone)]
+enum AnyClient {
+    Bare(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
+    ),
+    Lifeline(Client),
+}
+
+impl AnyClient {
+    async fn hello(&self, addr: SocketAddr) -> bool {
+        let url = format!("http://{addr}/hello");
+        match self {
+            AnyClient::Bare(client) => {
+                let request = Request::builder()
+                    .uri(url)
+                    .body(Full::default())
+                    .expect("a valid request");
+                match client.request(request).await {
+                    Ok(response) => {
+                        response.status() == 200 && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+            AnyClient::Lifeline(client) => match client.get(&url).send().await {
+                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+async fn client_round(
+    client: &AnyClient,
+    addr: SocketAddr,
+    tasks: usize,
+    secs: f64,
+    tally: &mut Tally,
+) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(65_536);
+            let mut errors = 0u64;
+            while Instant::now() < end {
+                let start = Instant::now();
+                if client.hello(addr).await {
+                    latencies.push(start.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    for handle in handles {
+        let (latencies, errors) = handle.await.expect("client task");
+        tally.requests += latencies.len() as u64;
+        tally.errors += errors;
+        tally.latencies_us.extend(latencies);
+    }
+    tally.elapsed += started.elapsed();
+}
+
+fn report(title: &str, names: &[&str], tallies: &mut [Tally]) {
+    println!("\n{title}");
+    println!(
+        "| variant | requests/s | p50 ms | p99 ms | errors | throughput vs bare | p99 vs bare |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let bare_rps = tallies[0].rps();
+    let bare_p99 = tallies[0].percentile(99.0);
+    for (name, tally) in names.iter().zip(tallies.iter_mut()) {
+        let (rps, p50, p99) = (tally.rps(), tally.percentile(50.0), tally.percentile(99.0));
+        println!(
+            "| {name} | {rps:.0} | {p50:.3} | {p99:.3} | {} | {:.3} | {:.3} |",
+            tally.errors,
+            rps / bare_rps,
+            p99 / bare_p99
+        );
+    }
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let bare = serve(app()).await;
+        let server = Server::builder()
+            .registry(prometheus::Registry::new())
+            .build(app())
+            .expect("server stack");
+        let ours = serve(server.router()).await;
+        let (prometheus_layer, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
+        let axum_prometheus = serve(app().layer(prometheus_layer)).await;
+
+        println!(
+            "e2e: {} rounds of {} s per variant, {} connections, HTTP/1.1 keep-alive, loopback",
+            options.rounds, options.secs, options.connections
+        );
+        let servers = [bare, ours, axum_prometheus];
+        let names = [
+            "bare axum",
+            "tower-lifeline server stack",
+            "axum-prometheus",
+        ];
+        let mut tallies: Vec<Tally> = servers.iter().map(|_| Tally::default()).collect();
+        // Warm up every server (connections, lazily built label sets), then alternate rounds.
+        for addr in servers {
+            server_round(addr, options.connections, 0.5, &mut Tally::default()).await;
+        }
+        for _ in 0..options.rounds {
+            for (addr, tally) in servers.iter().zip(tallies.iter_mut()) {
+                server_round(*addr, options.connections, options.secs, tally).await;
+            }
+        }
+        report("servers (GET /hello)", &names, &mut tallies);
+
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let bare_client = AnyClient::Bare(
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(options.connections)
+                .build(connector),
+        );
+        let lifeline = AnyClient::Lifeline(
+            Client::builder()
+                .pool_max_idle_per_host(options.connections)
+                .build()
+                .expect("client"),
+        );
+        let clients = [bare_client, lifeline];
+        let names = ["bare hyper-util client", "tower-lifeline Client"];
+        let mut tallies: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
+        for client in &clients {
+            client_round(
+                client,
+                bare,
+                options.connections,
+                0.5,
+                &mut Tally::default(),
+            )
+            .await;
+        }
+        for _ in 0..options.rounds {
+            for (client, tally) in clients.iter().zip(tallies.iter_mut()) {
+                client_round(client, bare, options.connections, options.secs, tally).await;
+            }
+        }
+        report(
+            "clients (GET /hello on the bare server)",
+            &names,
+            &mut tallies,
+        );
+        println!(
+            "\nload shedding on the tower-lifeline server: {:?}",
+            server.load_shed_stats()
+        );
+    });
+}
