@@ -343,9 +343,11 @@ async fn offer(
     fates
 }
 
-fn lifeline_limited() -> Server {
+/// The deadline-aware server stack over the limited app. `capacity` is the shedder's: a fifth of
+/// it is kept for High, so Normal traffic alone uses at most four fifths.
+fn lifeline_limited(capacity: usize) -> Server {
     Server::builder()
-        .capacity(WORKERS)
+        .capacity(capacity)
         .registry(prometheus::Registry::new())
         .deadline(ServerDeadlineLayer::new().cancel_on_expiry(true))
         .build(limited_app())
@@ -364,12 +366,26 @@ async fn overload(secs: f64) {
     println!("| server | offered | good (200 in time) | goodput/s | goodput / capacity | 503 | timed out |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let bare = serve(limited_app()).await;
-    let server = lifeline_limited();
-    let ours = serve(server.router()).await;
-    for (name, addr) in [
-        ("bare axum", bare),
-        ("tower-lifeline (deadline, shedding)", ours),
-    ] {
+    let at_workers = lifeline_limited(WORKERS);
+    let above_workers = lifeline_limited(WORKERS * 5 / 4);
+    let variants = [
+        ("bare axum".to_owned(), bare),
+        (
+            format!(
+                "tower-lifeline, capacity {WORKERS} (Normal may use {})",
+                WORKERS * 4 / 5
+            ),
+            serve(at_workers.router()).await,
+        ),
+        (
+            format!(
+                "tower-lifeline, capacity {} (Normal may use {WORKERS})",
+                WORKERS * 5 / 4
+            ),
+            serve(above_workers.router()).await,
+        ),
+    ];
+    for (name, addr) in variants {
         let fates = offer(addr, rate, secs, deadline, &["normal"]).await;
         let good = fates.iter().filter(|f| f.good).count();
         let goodput = good as f64 / secs;
@@ -397,9 +413,9 @@ async fn priority(secs: f64) {
     println!("|---|---:|---:|---:|---:|");
     const PRIORITIES: &[&str] = &["high", "normal", "low"];
     let bare = serve(limited_app()).await;
-    let server = lifeline_limited();
+    let server = lifeline_limited(WORKERS);
     let ours = serve(server.router()).await;
-    for (name, addr) in [("bare axum", bare), ("tower-lifeline", ours)] {
+    for (name, addr) in [("bare axum", bare), ("tower-lifeline, capacity 20", ours)] {
         let fates = offer(addr, rate, secs, deadline, PRIORITIES).await;
         let rate_of = |p: usize| {
             let all = fates.iter().filter(|f| f.priority == p).count();
@@ -620,7 +636,7 @@ fn main() {
             .cloned()
     };
     let only = value("--only");
-    let requests: usize = value("--requests").map_or(5_000, |v| v.parse().expect("--requests N"));
+    let requests: usize = value("--requests").map_or(10_000, |v| v.parse().expect("--requests N"));
     let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -642,7 +658,7 @@ fn main() {
             outage().await;
         }
         if runs("storm") {
-            storm(requests / 2).await;
+            storm(requests / 4).await;
         }
     });
 }

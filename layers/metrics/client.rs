@@ -167,8 +167,24 @@ struct Recording {
     method: &'static str,
     path: Path,
     started: Instant,
-    status: Cow<'static, str>,
+    status: Status,
     breaker: bool,
+}
+
+/// A recording's status label: the response's code, or a fixed label. A code is kept as is
+/// and read with `StatusCode::as_str` when recorded, so no label is allocated per request.
+enum Status {
+    Code(http::StatusCode),
+    Label(&'static str),
+}
+
+impl Status {
+    fn as_str(&self) -> &str {
+        match self {
+            Status::Code(code) => code.as_str(),
+            Status::Label(label) => label,
+        }
+    }
 }
 
 impl Drop for Recording {
@@ -183,7 +199,7 @@ impl Drop for Recording {
                 } else {
                     i.breaker_values.1
                 };
-                let mut labels = [endpoint, self.method, path, &*self.status, breaker];
+                let mut labels = [endpoint, self.method, path, self.status.as_str(), breaker];
                 if !i.call_labels.admit(&labels) {
                     i.overflow.inc();
                     labels[0] = OTHER;
@@ -192,7 +208,7 @@ impl Drop for Recording {
                 i.call.with_label_values(&labels).observe(elapsed);
             }
             Kind::Attempt => {
-                let mut labels = [endpoint, self.method, path, &*self.status];
+                let mut labels = [endpoint, self.method, path, self.status.as_str()];
                 if !i.attempt_labels.admit(&labels) {
                     i.overflow.inc();
                     labels[0] = OTHER;
@@ -263,7 +279,7 @@ where
             method: method_label(req.method()),
             path,
             started: Instant::now(),
-            status: Cow::Borrowed("499"),
+            status: Status::Label("499"),
             breaker: false,
         };
         ClientMetricsFuture {
@@ -303,13 +319,13 @@ where
             match &result {
                 Ok(response) => {
                     let status = response.status();
-                    recording.status = Cow::Owned(status.as_str().to_owned());
+                    recording.status = Status::Code(status);
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
                 }
                 Err(error) => {
                     let status = error_status(error.as_ref());
                     recording.breaker = status == "circuit_open";
-                    recording.status = Cow::Borrowed(status);
+                    recording.status = Status::Label(status);
                 }
             }
         }
