@@ -357,7 +357,7 @@ where
         // each readied on its own.
         let planned = planned_attempts(&strategy);
         let (request, attempt_deadline) = attempts.request(first_body, planned);
-        let first = attempts.track(self.inner.call(request), attempt_deadline);
+        let first = attempts.track(self.inner.call(request), attempt_deadline, Duration::ZERO);
         StrategyFuture {
             kind: Kind::Many {
                 future: Box::pin(async move {
@@ -420,6 +420,8 @@ struct Attempted<R> {
     number: u32,
     latency: Duration,
     outcome: Outcome<R>,
+    /// The attempt's span; the verdict is recorded on it once judged.
+    span: tracing::Span,
 }
 
 /// The state of one request's attempts.
@@ -481,6 +483,7 @@ where
         &mut self,
         future: F,
         own_deadline: Option<Deadline>,
+        delay: Duration,
     ) -> BoxFuture<Attempted<ResBody>>
     where
         F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -488,7 +491,13 @@ where
     {
         let number = self.launched;
         self.launched += 1;
-        let span = tracing::debug_span!("attempt", number);
+        let span = tracing::debug_span!(
+            "attempt",
+            number,
+            delay_ms = delay.as_millis() as u64,
+            verdict = tracing::field::Empty,
+        );
+        let attempt_span = span.clone();
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -506,6 +515,7 @@ where
                     number,
                     latency: started.elapsed(),
                     outcome,
+                    span: attempt_span,
                 }
             }
             .instrument(span),
@@ -514,7 +524,11 @@ where
 
     /// Starts another attempt on a fresh clone of the service, or `None` when the body can no
     /// longer be replayed.
-    fn start(&mut self, attempts_left: u32) -> Option<BoxFuture<Attempted<ResBody>>> {
+    fn start(
+        &mut self,
+        attempts_left: u32,
+        delay: Duration,
+    ) -> Option<BoxFuture<Attempted<ResBody>>> {
         let Some(body) = self.replay.replay() else {
             tracing::debug!("request body outgrew the replay buffer: no further attempts");
             return None;
@@ -527,7 +541,7 @@ where
                 .map_err(Into::into)?;
             service.call(request).await.map_err(Into::into)
         };
-        Some(self.track::<_, BoxError>(future, own_deadline))
+        Some(self.track::<_, BoxError>(future, own_deadline, delay))
     }
 
     /// Whether an extra attempt may start after waiting `wait`: time, body and budget allowing.
@@ -568,13 +582,16 @@ where
             Ok(response) => classifier.classify_response(response.status(), response.headers()),
             Err(error) => classifier.classify_error(error.as_ref()),
         };
-        tracing::debug!(
-            number = attempted.number,
-            latency = ?attempted.latency,
-            ?verdict,
-            status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
-            "attempt finished"
-        );
+        attempted
+            .span
+            .record("verdict", tracing::field::debug(&verdict));
+        attempted.span.in_scope(|| {
+            tracing::debug!(
+                latency = ?attempted.latency,
+                status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
+                "attempt finished"
+            )
+        });
         if verdict == Verdict::Accept {
             if let (Some(tracker), Some(key)) = (&self.tracker, &self.latency_key) {
                 tracker.record(key, attempted.latency);
@@ -658,7 +675,7 @@ where
                 break;
             }
             tokio::time::sleep(wait).await;
-            let Some(next) = self.start(attempts - k) else {
+            let Some(next) = self.start(attempts - k, wait) else {
                 break;
             };
             bump(&self.config.stats.retries);
@@ -727,7 +744,8 @@ where
                 Event::StartNext => {
                     next = None;
                     if self.may_start_extra(Duration::ZERO, "hedge") {
-                        if let Some(attempt) = self.start(attempts - launched) {
+                        let since_first = started.elapsed();
+                        if let Some(attempt) = self.start(attempts - launched, since_first) {
                             bump(&self.config.stats.hedges);
                             tracing::debug!(number = launched, "hedged attempt started");
                             in_flight.push(attempt);
@@ -767,7 +785,7 @@ where
                 break;
             }
             tokio::time::sleep(wait).await;
-            let Some(first) = self.start(planned_attempts(inner)) else {
+            let Some(first) = self.start(planned_attempts(inner), wait) else {
                 break;
             };
             bump(&self.config.stats.retries);
