@@ -466,11 +466,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .copied()
-            .unwrap_or_default();
+        let ctx = RequestContext::of(&req);
         let priority = ctx.priority();
 
         let route = shared.route(&req);
