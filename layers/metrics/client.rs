@@ -167,8 +167,23 @@ struct Recording {
     method: &'static str,
     path: Path,
     started: Instant,
-    status: Cow<'static, str>,
+    status: Status,
     breaker: bool,
+}
+
+/// How a call or attempt ended, kept as-is until it is recorded: no text is made per request.
+enum Status {
+    Code(http::StatusCode),
+    Failed(&'static str),
+}
+
+impl Status {
+    fn as_str(&self) -> &str {
+        match self {
+            Status::Code(code) => code.as_str(),
+            Status::Failed(label) => label,
+        }
+    }
 }
 
 impl Drop for Recording {
@@ -183,7 +198,7 @@ impl Drop for Recording {
                 } else {
                     i.breaker_values.1
                 };
-                let mut labels = [endpoint, self.method, path, &*self.status, breaker];
+                let mut labels = [endpoint, self.method, path, self.status.as_str(), breaker];
                 if !i.call_labels.admit(&labels) {
                     i.overflow.inc();
                     labels[0] = OTHER;
@@ -192,7 +207,7 @@ impl Drop for Recording {
                 i.call.with_label_values(&labels).observe(elapsed);
             }
             Kind::Attempt => {
-                let mut labels = [endpoint, self.method, path, &*self.status];
+                let mut labels = [endpoint, self.method, path, self.status.as_str()];
                 if !i.attempt_labels.admit(&labels) {
                     i.overflow.inc();
                     labels[0] = OTHER;
@@ -263,7 +278,8 @@ where
             method: method_label(req.method()),
             path,
             started: Instant::now(),
-            status: Cow::Borrowed("499"),
+            // Until an outcome arrives: a call dropped unanswered is recorded as 499.
+            status: Status::Failed("499"),
             breaker: false,
         };
         ClientMetricsFuture {
@@ -302,14 +318,13 @@ where
         if let Some(mut recording) = this.recording.take() {
             match &result {
                 Ok(response) => {
-                    let status = response.status();
-                    recording.status = Cow::Owned(status.as_str().to_owned());
+                    recording.status = Status::Code(response.status());
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
                 }
                 Err(error) => {
                     let status = error_status(error.as_ref());
                     recording.breaker = status == "circuit_open";
-                    recording.status = Cow::Borrowed(status);
+                    recording.status = Status::Failed(status);
                 }
             }
         }
