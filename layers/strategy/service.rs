@@ -373,6 +373,29 @@ where
     }
 }
 
+/// `start + delay`, capped far in the future instead of overflowing the clock: a delay of
+/// `Duration::MAX` is a fair way to say "never".
+fn instant_after(start: Instant, delay: Duration) -> Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+    start
+        .checked_add(delay.min(FAR_FUTURE))
+        .unwrap_or(start + FAR_FUTURE)
+}
+
+/// Whether an outcome is a circuit breaker's refusal rather than the destination's answer.
+fn is_breaker_refusal<R>(outcome: &Outcome<R>) -> bool {
+    match outcome {
+        Ok(response) => response.headers().contains_key(headers::X_CIRCUIT_BREAKER),
+        #[cfg(feature = "circuit-breaker")]
+        Err(error) => {
+            crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error.as_ref())
+                .is_some()
+        }
+        #[cfg(not(feature = "circuit-breaker"))]
+        Err(_) => false,
+    }
+}
+
 fn strategy_tracker(strategy: &Strategy) -> Option<&PercentileDelays> {
     match strategy {
         Strategy::Single => None,
@@ -407,9 +430,11 @@ impl Template {
             (None, Some(authority)) => authority.to_string(),
             _ => String::new(),
         };
+        // Never the raw path: ids in it would make every request a new key, and no key would
+        // ever hold enough observations. Without a template the destination is the key.
         let route = match self.extensions.get::<RouteTemplate>() {
             Some(route) => route.as_str().to_owned(),
-            None => self.uri.path().to_owned(),
+            None => String::new(),
         };
         LatencyKey::new(destination, route)
     }
@@ -529,10 +554,26 @@ where
         attempts_left: u32,
         delay: Duration,
     ) -> Option<BoxFuture<Attempted<ResBody>>> {
-        let Some(body) = self.replay.replay() else {
+        let body = self.replay_body()?;
+        Some(self.send(body, attempts_left, delay))
+    }
+
+    /// A fresh copy of the request body, or `None` once it has outgrown the replay buffer.
+    fn replay_body(&self) -> Option<ReplayBody<B>> {
+        let body = self.replay.replay();
+        if body.is_none() {
             tracing::debug!("request body outgrew the replay buffer: no further attempts");
-            return None;
-        };
+        }
+        body
+    }
+
+    /// Sends another attempt with `body` on a fresh clone of the service.
+    fn send(
+        &mut self,
+        body: ReplayBody<B>,
+        attempts_left: u32,
+        delay: Duration,
+    ) -> BoxFuture<Attempted<ResBody>> {
         let (request, own_deadline) = self.request(body, attempts_left);
         let mut service = self.service.clone();
         let future = async move {
@@ -541,7 +582,7 @@ where
                 .map_err(Into::into)?;
             service.call(request).await.map_err(Into::into)
         };
-        Some(self.track::<_, BoxError>(future, own_deadline, delay))
+        self.track::<_, BoxError>(future, own_deadline, delay)
     }
 
     /// Whether an extra attempt may start after waiting `wait`: time, body and budget allowing.
@@ -674,10 +715,14 @@ where
             if !self.may_start_extra(wait, "retry") {
                 break;
             }
-            tokio::time::sleep(wait).await;
-            let Some(next) = self.start(attempts - k, wait) else {
+            let Some(body) = self.replay_body() else {
                 break;
             };
+            // Committed to another attempt: let the rejected response go before the wait, so
+            // that its connection returns to the pool instead of idling through the backoff.
+            drop(outcome);
+            tokio::time::sleep(wait).await;
+            let next = self.send(body, attempts - k, wait);
             bump(&self.config.stats.retries);
             let done = next.await;
             (outcome, verdict, _) = self.judge(done);
@@ -692,10 +737,16 @@ where
         first: BoxFuture<Attempted<ResBody>>,
     ) -> (Outcome<ResBody>, Verdict) {
         let started = Instant::now();
+        // Attempt numbers run on across rounds of `until_deadline`: this round's first is here.
+        let first_number = self.launched.saturating_sub(1);
         let mut in_flight = vec![first];
         let mut launched = 1;
-        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1)
-            .then(|| Box::pin(tokio::time::sleep_until(started + self.delay(delays, 1))));
+        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1).then(|| {
+            Box::pin(tokio::time::sleep_until(instant_after(
+                started,
+                self.delay(delays, 1),
+            )))
+        });
         let mut last_rejected = None;
         loop {
             let event = poll_fn(|cx| {
@@ -714,8 +765,20 @@ where
             match event {
                 Event::Done(done) => {
                     let (outcome, verdict, number) = self.judge(done);
+                    if verdict == Verdict::Accept
+                        && !in_flight.is_empty()
+                        && is_breaker_refusal(&outcome)
+                    {
+                        // A hedge refused by the breaker must not end the race: an attempt in
+                        // flight may be the breaker's probe, and only its answer can close it.
+                        // Keep the refusal as the fallback and start nothing more.
+                        last_rejected = Some((outcome, verdict));
+                        launched = attempts;
+                        next = None;
+                        continue;
+                    }
                     if verdict == Verdict::Accept {
-                        if number > 0 {
+                        if number > first_number {
                             bump(&self.config.stats.hedge_wins);
                             tracing::debug!(number, "hedged attempt won");
                         }
@@ -734,7 +797,10 @@ where
                     let scheduled = next.as_ref().map(|sleep| sleep.deadline());
                     let at = match (pushback, in_flight.is_empty()) {
                         // The server asked for a pause: no attempt before it is over.
-                        (Some(wait), _) => scheduled.map_or(now + wait, |s| s.max(now + wait)),
+                        (Some(wait), _) => {
+                            let after = instant_after(now, wait);
+                            scheduled.map_or(after, |s| s.max(after))
+                        }
                         // Everything in flight failed: the next attempt need not wait its turn.
                         (None, true) => now,
                         (None, false) => continue,
@@ -751,8 +817,8 @@ where
                             in_flight.push(attempt);
                             launched += 1;
                             if launched < attempts {
-                                let at =
-                                    (started + self.delay(delays, launched)).max(Instant::now());
+                                let at = instant_after(started, self.delay(delays, launched))
+                                    .max(Instant::now());
                                 next = Some(Box::pin(tokio::time::sleep_until(at)));
                             }
                             continue;
