@@ -128,7 +128,11 @@ pub struct ClientBuilder {
     breaker: Option<CircuitBreakerSettings>,
     attempt_timeout: Option<Duration>,
     metrics: Option<ClientMetrics>,
+    max_response_body: usize,
 }
+
+/// The default cap on a response body read whole by [`ClientResponse::bytes`] and friends.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 impl Default for ClientBuilder {
     fn default() -> Self {
@@ -145,6 +149,7 @@ impl Default for ClientBuilder {
             breaker: Some(CircuitBreakerSettings::default()),
             attempt_timeout: None,
             metrics: None,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
         }
     }
 }
@@ -221,6 +226,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The most bytes [`ClientResponse::bytes`], `text` and `json` read before failing
+    /// (default 16 MiB), so that a misbehaving server cannot exhaust memory. Stream larger bodies
+    /// with [`ClientResponse::into_inner`].
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
     /// Measure calls and attempts with these (registered) metrics.
     pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -263,7 +276,9 @@ impl ClientBuilder {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_nodelay(true);
-        http.enforce_http(false);
+        // With TLS the https connector wraps this one; without it, refuse https outright rather
+        // than speak cleartext to port 443.
+        http.enforce_http(!cfg!(feature = "tls"));
         let mut pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         pool.pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_idle_timeout(self.pool_idle_timeout)
@@ -294,6 +309,7 @@ impl ClientBuilder {
             base,
             default_headers,
             breakers,
+            max_response_body: self.max_response_body,
         })
     }
 }
@@ -332,6 +348,7 @@ pub struct Client {
     base: Option<Uri>,
     default_headers: HeaderMap,
     breakers: Option<BreakerRegistry>,
+    max_response_body: usize,
 }
 
 impl fmt::Debug for Client {
@@ -397,7 +414,10 @@ impl Client {
     /// Sends a request built elsewhere through the whole stack.
     pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
         let response = self.stack.clone().oneshot(request).await?;
-        Ok(ClientResponse { response })
+        Ok(ClientResponse {
+            response,
+            max_body: self.max_response_body,
+        })
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
@@ -405,7 +425,11 @@ impl Client {
         if url.contains("://") {
             let uri: Uri = url.parse().map_err(|_| invalid())?;
             return match (uri.scheme_str(), uri.authority()) {
-                (Some("http" | "https"), Some(_)) => Ok(uri),
+                (Some("http"), Some(_)) => Ok(uri),
+                (Some("https"), Some(_)) if cfg!(feature = "tls") => Ok(uri),
+                (Some("https"), Some(_)) => Err(InvalidRequest(format!(
+                    "{url:?} is https, which needs tower-lifeline's `tls` feature"
+                ))),
                 _ => Err(invalid()),
             };
         }
@@ -516,6 +540,7 @@ impl RequestBuilder<'_> {
 #[derive(Debug)]
 pub struct ClientResponse {
     response: Response<Incoming>,
+    max_body: usize,
 }
 
 impl ClientResponse {
@@ -542,9 +567,10 @@ impl ClientResponse {
         self.response
     }
 
-    /// The whole body.
+    /// The whole body, up to the client's `max_response_body` (a larger one is an error).
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
-        Ok(self.response.into_body().collect().await?.to_bytes())
+        let limited = http_body_util::Limited::new(self.response.into_body(), self.max_body);
+        Ok(limited.collect().await?.to_bytes())
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
@@ -608,6 +634,19 @@ mod tests {
         let bare = Client::builder().build().unwrap();
         assert!(bare.resolve("items").is_err());
         assert!(client.resolve("bad url with spaces").is_err());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn https_without_tls_is_refused_not_sent_in_cleartext() {
+        let client = Client::builder().build().unwrap();
+        let err = client.get("https://example.com/").send().await.unwrap_err();
+        assert!(err.to_string().contains("tls"), "{err}");
+        let err = Client::builder()
+            .base_url("https://example.com/")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientBuildError::TlsUnavailable));
     }
 
     #[tokio::test]

@@ -175,3 +175,39 @@ async fn a_refused_connection_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(!err.to_string().is_empty());
 }
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_an_error_not_an_allocation() {
+    let app = axum::Router::new().route("/big", get(|| async { vec![b'x'; 64 * 1024] }));
+    let addr = common::serve(app).await;
+    let client = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .max_response_body(1024)
+        .build()
+        .unwrap();
+    let err = client
+        .get("/big")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("length limit"), "{err}");
+    let small = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        small
+            .get("/big")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        64 * 1024
+    );
+}
