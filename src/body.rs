@@ -538,7 +538,13 @@ mod tests {
 
     /// A source that, like most bodies, keeps only the last waker it was polled with.
     #[derive(Clone, Default)]
-    struct Manual(Arc<Mutex<(Option<Bytes>, Option<Waker>, bool)>>);
+    struct Manual(Arc<Mutex<ManualState>>);
+
+    #[derive(Default)]
+    struct ManualState {
+        ready: Option<Bytes>,
+        waker: Option<Waker>,
+    }
 
     impl Body for Manual {
         type Data = Bytes;
@@ -549,13 +555,10 @@ mod tests {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             let mut state = self.0.lock().unwrap();
-            if let Some(data) = state.0.take() {
+            if let Some(data) = state.ready.take() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            if state.2 {
-                return Poll::Ready(None);
-            }
-            state.1 = Some(cx.waker().clone());
+            state.waker = Some(cx.waker().clone());
             Poll::Pending
         }
     }
@@ -593,8 +596,8 @@ mod tests {
         // Data arrives: the source wakes the one waker it kept.
         let waker = {
             let mut state = source.0.lock().unwrap();
-            state.0 = Some(Bytes::from_static(b"data"));
-            state.1.take().unwrap()
+            state.ready = Some(Bytes::from_static(b"data"));
+            state.waker.take().unwrap()
         };
         waker.wake();
         assert!(
