@@ -121,8 +121,11 @@ impl ServerBuilder {
         self
     }
 
-    /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails only if
-    /// the metrics are already registered in the registry.
+    /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails if the
+    /// metrics are already registered in the registry.
+    ///
+    /// `app` must leave `/metrics`, `/healthz` and `/readyz` free: axum panics on overlapping
+    /// routes, at this call, at start-up.
     pub fn build(self, app: Router) -> Result<Server, prometheus::Error> {
         let registry = self
             .registry

@@ -144,9 +144,12 @@ async fn a_deadline_shorter_than_the_routes_typical_time_is_refused_per_route_te
     let addr = common::serve(app(shed.clone(), gate)).await;
     let client = common::http_client();
 
-    // One request teaches the layer that `/slow/{id}` takes about 200 ms.
-    let first = client.request(request(addr, "/slow/1", &[])).await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
+    // Five requests (the fewest it trusts) teach the layer that `/slow/{id}` takes about 200 ms.
+    for id in 0..5 {
+        let path = format!("/slow/{id}");
+        let first = client.request(request(addr, &path, &[])).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+    }
 
     // Another id, same template: 50 ms is not enough.
     let refused = client
