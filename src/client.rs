@@ -8,7 +8,8 @@
 //! 2. deadline: explicit, inherited or default; refuses to send with under 5 ms left;
 //! 3. strategy: by method by default; retries, hedging, budget, `Retry-After`;
 //! 4. metrics of each attempt;
-//! 5. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
+//! 5. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
+//!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
 //! 6. transport.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
@@ -120,6 +121,7 @@ pub struct ClientBuilder {
     http2_only: bool,
     strategy: StrategyLayer,
     metrics: Option<ClientMetrics>,
+    propagate: PropagateLayer,
 }
 
 impl Default for ClientBuilder {
@@ -135,6 +137,7 @@ impl Default for ClientBuilder {
             http2_only: false,
             strategy: StrategyLayer::new(),
             metrics: None,
+            propagate: PropagateLayer::new(),
         }
     }
 }
@@ -157,6 +160,29 @@ impl ClientBuilder {
     /// This service's name, sent as `X-Service-Name`.
     pub fn service_name(mut self, name: &str) -> Self {
         self.service_name = Some(name.to_owned());
+        self
+    }
+
+    /// Sends `X-Request-Timeout`, `X-Request-Priority` and `X-Service-Name` only to these hosts,
+    /// so that third parties learn nothing of this service's deadline, priority or name. Entries
+    /// are hosts (`inventory`) or domains with a leading dot (`.svc.cluster.local`); see
+    /// [`PropagateLayer::only_to_hosts`]. By default every destination gets them.
+    pub fn propagate_only_to_hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.propagate = self.propagate.only_to_hosts(hosts);
+        self
+    }
+
+    /// Sends the propagation headers only to hosts for which `predicate` holds (it sees the host
+    /// in lowercase, without port); see [`PropagateLayer::only_to`].
+    pub fn propagate_only_to<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        self.propagate = self.propagate.only_to(predicate);
         self
     }
 
@@ -229,7 +255,7 @@ impl ClientBuilder {
                 .ok_or_else(|| ClientBuildError::InvalidHeader(format!("{name}: {value:?}")))?;
             default_headers.append(name, value);
         }
-        let mut propagate = PropagateLayer::new();
+        let mut propagate = self.propagate.clone();
         if let Some(name) = &self.service_name {
             propagate = propagate
                 .service_name(name)
