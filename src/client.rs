@@ -51,7 +51,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
-use crate::context::{Deadline, Priority, RouteTemplate};
+use crate::context::{Deadline, Priority, RequestContext, RouteTemplate};
 use crate::deadline::ClientDeadlineLayer;
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
@@ -289,6 +289,7 @@ impl ClientBuilder {
             stack: BoxCloneSyncService::new(stack.map_err(Into::into)),
             base,
             default_headers,
+            default_timeout: self.default_timeout,
         })
     }
 }
@@ -326,6 +327,7 @@ pub struct Client {
     stack: Stack,
     base: Option<Uri>,
     default_headers: HeaderMap,
+    default_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -384,9 +386,25 @@ impl Client {
     }
 
     /// Sends a request built elsewhere through the whole stack.
+    ///
+    /// The call's deadline also bounds reading the body with [`ClientResponse::bytes`],
+    /// [`text`](ClientResponse::text) and [`json`](ClientResponse::json): a server that sends
+    /// its head in time and then trickles the body cannot hold the caller past the deadline.
     pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
+        // The same deadline the deadline layer fixes: explicit, inherited, or the default.
+        let explicit = request.extensions().get::<Deadline>().copied();
+        let inherited = RequestContext::current().and_then(|c| c.deadline());
+        let deadline = [explicit, inherited]
+            .into_iter()
+            .flatten()
+            .fold(Deadline::after(self.default_timeout), Deadline::earliest);
+        let allowed = deadline.remaining();
         let response = self.stack.clone().oneshot(request).await?;
-        Ok(ClientResponse { response })
+        Ok(ClientResponse {
+            response,
+            deadline,
+            allowed,
+        })
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
@@ -505,6 +523,9 @@ impl RequestBuilder<'_> {
 #[derive(Debug)]
 pub struct ClientResponse {
     response: Response<Incoming>,
+    deadline: Deadline,
+    /// The time the call had when it was sent, for the error.
+    allowed: Duration,
 }
 
 impl ClientResponse {
@@ -526,14 +547,29 @@ impl ClientResponse {
             .map_or(1, |count| count.0)
     }
 
-    /// The underlying response, to stream its body.
+    /// The underlying response, to stream its body. The call's deadline no longer applies to
+    /// it: streaming for as long as it takes is the caller's choice.
     pub fn into_inner(self) -> Response<Incoming> {
         self.response
     }
 
-    /// The whole body.
+    /// The call's deadline, which also bounds the body helpers below.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// The whole body, read before the call's deadline; after it, a [`DeadlineExceeded`]
+    /// error (the rest of the body is dropped with the connection).
+    ///
+    /// [`DeadlineExceeded`]: crate::deadline::DeadlineExceeded
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
-        Ok(self.response.into_body().collect().await?.to_bytes())
+        let collect = self.response.into_body().collect();
+        match tokio::time::timeout_at(self.deadline.instant(), collect).await {
+            Ok(body) => Ok(body?.to_bytes()),
+            Err(_) => Err(Box::new(crate::deadline::DeadlineExceeded::elapsed(
+                self.allowed,
+            ))),
+        }
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
