@@ -446,6 +446,52 @@ mod tests {
         }
 
         #[test]
+        fn what_parses_is_what_the_grammar_allows(bytes in proptest::collection::vec(any::<u8>(), 0..48)) {
+            let Ok(v) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let trimmed = bytes.trim_ascii();
+            if parse_timeout(&v).is_some() {
+                prop_assert!(trimmed.len() <= MAX_TIMEOUT_LEN);
+                prop_assert!(trimmed.iter().all(|b| b.is_ascii_digit() || b".eE+-".contains(b)));
+            }
+            if let Some(d) = parse_grpc_timeout(&v) {
+                prop_assert!(bytes.len() >= 2 && bytes.len() <= 9);
+                prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
+            }
+            if let Some(p) = parse_priority(&v) {
+                prop_assert!(bytes.eq_ignore_ascii_case(p.as_str().as_bytes()));
+            }
+            if let Some(name) = parse_service_name(&v) {
+                // Label-safe: short, and nothing that could break out of a Prometheus label.
+                prop_assert!(!name.is_empty() && name.len() <= MAX_SERVICE_NAME_LEN);
+                prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+            }
+            if let Some(wait) = parse_retry_after(&v) {
+                // Ten digits at most, or a date: never more than a few centuries.
+                prop_assert!(wait <= Duration::from_secs(10_000_000_000));
+            }
+        }
+
+        #[test]
+        fn retry_after_reads_any_delta_seconds_up_to_ten_digits(n in 0u64..10_000_000_000) {
+            let v = HeaderValue::from_str(&n.to_string()).unwrap();
+            prop_assert_eq!(parse_retry_after(&v), Some(Duration::from_secs(n)));
+        }
+
+        #[test]
+        fn grpc_timeout_reads_every_well_formed_value(n in 0u64..100_000_000, unit in "[HMSmun]") {
+            let v = HeaderValue::from_str(&format!("{n}{unit}")).unwrap();
+            let expected = match unit.as_str() {
+                "H" => Duration::from_secs(n * 3600),
+                "M" => Duration::from_secs(n * 60),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                _ => Duration::from_nanos(n),
+            };
+            prop_assert_eq!(parse_grpc_timeout(&v), Some(expected));
+        }
+
+        #[test]
         fn format_then_parse_round_trips_to_the_millisecond(millis in 0u64..10_000_000_000) {
             let d = Duration::from_millis(millis);
             prop_assert_eq!(parse_timeout(&format_timeout(d)), Some(d));
