@@ -149,3 +149,123 @@ async fn the_grace_period_bounds_a_drain_that_would_never_end() {
     assert_eq!(outcome, Drained::GraceExpired { in_flight: 1 });
     stuck.abort();
 }
+
+/// The `Server` preset under a running load generator: the shutdown is triggered while 16
+/// workers send requests; a poller playing the load balancer takes the server out of rotation
+/// when `/readyz` fails, and the drain delay covers the time it takes to notice. Every request
+/// sent gets its 200: no failure, no error, no retry hiding one (each call has one attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_preset_drains_under_load_without_failing_a_request() {
+    use tower_lifeline::client::Client;
+    use tower_lifeline::server::Server;
+    use tower_lifeline::strategy::Strategy;
+
+    const WORKERS: usize = 16;
+    let shutdown = Shutdown::new()
+        .drain_delay(Duration::from_millis(400))
+        .grace_period(Duration::from_secs(10));
+    let app = Router::new().route(
+        "/work",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            "done"
+        }),
+    );
+    let server = Server::builder()
+        .registry(prometheus::Registry::new())
+        .shutdown(shutdown.clone())
+        .build(app)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+    let client = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .build()
+        .unwrap();
+
+    let in_rotation = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let answered_after_trigger = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let balancer = tokio::spawn({
+        let (client, in_rotation) = (client.clone(), in_rotation.clone());
+        async move {
+            loop {
+                let ready = client
+                    .get("/readyz")
+                    .strategy(Strategy::single())
+                    .send()
+                    .await;
+                if !matches!(&ready, Ok(r) if r.status() == StatusCode::OK) {
+                    in_rotation.store(false, Ordering::SeqCst);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (client, in_rotation, answered, after, failed, shutdown) = (
+                client.clone(),
+                in_rotation.clone(),
+                answered.clone(),
+                answered_after_trigger.clone(),
+                failed.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                while in_rotation.load(Ordering::SeqCst) {
+                    let outcome = async {
+                        let response = client
+                            .get("/work")
+                            .strategy(Strategy::single())
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await?;
+                        let status = response.status();
+                        let body = response.text().await?;
+                        Ok::<_, tower_lifeline::BoxError>((status, body))
+                    }
+                    .await;
+                    match outcome {
+                        Ok((StatusCode::OK, body)) if body == "done" => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            if shutdown.is_draining() {
+                                after.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    eventually(|| answered.load(Ordering::SeqCst) >= 500).await;
+    shutdown.trigger();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    balancer.await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stops within the grace period")
+        .unwrap()
+        .unwrap();
+
+    let failed = failed.lock().unwrap().clone();
+    let answered = answered.load(Ordering::SeqCst);
+    let after = answered_after_trigger.load(Ordering::SeqCst);
+    eprintln!(
+        "shutdown under load: {answered} requests answered ({after} after the trigger), {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        after > 0,
+        "the load was still running when the shutdown started"
+    );
+    assert_eq!(outcome, Drained::Completed);
+}
