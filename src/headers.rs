@@ -180,8 +180,13 @@ pub fn parse_service_name(value: &HeaderValue) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
 
+/// The longest wait [`parse_retry_after`] returns: ten digits of delta-seconds (317 years). A
+/// date further ahead is cut to it, so every form of the header has the same bound.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(9_999_999_999);
+
 /// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
 /// (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from the system clock; a date in the past is zero).
+/// The wait is at most [`MAX_RETRY_AFTER`]; callers cap it further (the strategy layer at 30 s).
 pub fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
     let bytes = value.as_bytes().trim_ascii();
     let parsed = if !bytes.is_empty() && bytes.len() <= 10 && bytes.iter().all(u8::is_ascii_digit) {
@@ -196,6 +201,7 @@ pub fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
             .map(|date| {
                 date.duration_since(std::time::SystemTime::now())
                     .unwrap_or(Duration::ZERO)
+                    .min(MAX_RETRY_AFTER)
             })
     };
     if parsed.is_none() {
@@ -364,6 +370,11 @@ mod tests {
             wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
             "{wait:?}"
         );
+        // A date in year 9862 (found by the fuzzer) is cut to the same bound as delta-seconds.
+        assert_eq!(
+            parse_retry_after(&value(b"Wed, 22 Oct 9862 07:28:00 GMT")),
+            Some(MAX_RETRY_AFTER)
+        );
         for bad in [&b""[..], b"-1", b"1.5", b"soon", b"99999999999", b"\xff"] {
             assert_eq!(parse_retry_after(&value(bad)), None, "{bad:?}");
         }
@@ -466,8 +477,7 @@ mod tests {
                 prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
             }
             if let Some(wait) = parse_retry_after(&v) {
-                // Ten digits at most, or a date: never more than a few centuries.
-                prop_assert!(wait <= Duration::from_secs(10_000_000_000));
+                prop_assert!(wait <= MAX_RETRY_AFTER);
             }
         }
 
