@@ -35,8 +35,10 @@ fn app() -> Router {
 }
 
 fn server(fixed: Option<Priority>, max_label_sets: usize) -> Server {
-    let mut config = MetricsConfig::default();
-    config.max_label_sets = max_label_sets;
+    let config = MetricsConfig {
+        max_label_sets,
+        ..MetricsConfig::default()
+    };
     let mut builder = Server::builder()
         .registry(Registry::new())
         .metrics(config)

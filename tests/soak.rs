@@ -96,8 +96,10 @@ fn a_million_requests_keep_memory_flat_and_every_table_bounded() {
 async fn soak(total: u64) {
     // The server: the preset on 64 loopback addresses.
     let server_registry = Registry::new();
-    let mut config = MetricsConfig::default();
-    config.max_label_sets = MAX_LABEL_SETS;
+    let config = MetricsConfig {
+        max_label_sets: MAX_LABEL_SETS,
+        ..MetricsConfig::default()
+    };
     let app = Router::new().route("/items/{id}", get(|| async { "item" }));
     let server = Server::builder()
         .registry(server_registry.clone())
