@@ -278,6 +278,8 @@ async fn drive(fault: Fault) -> Tally {
         };
         calls.spawn(call(client.clone(), server.url(), deadline));
     }
+    // The count sees tasks at all: the eight calls just spawned are alive.
+    assert!(alive_tasks() >= baseline + 8, "{fault:?}");
     let mut tally = Tally::default();
     while let Some(result) = calls.join_next().await {
         tally.add(result.expect("no call panics"));

@@ -215,3 +215,97 @@ proptest! {
         }
     }
 }
+
+/// Raw bytes that are not HTTP, invented methods, a huge path and a half-sent request held open,
+/// all against the served `Server` preset: it keeps answering, and no method label is minted.
+#[tokio::test]
+async fn garbage_on_the_wire_leaves_the_server_serving_and_its_labels_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let server = server(None, 2_000);
+    let registry = server.registry().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+
+    async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    // A half-sent request, held open for the whole test.
+    let mut loris = TcpStream::connect(addr).await.unwrap();
+    loris
+        .write_all(b"GET /context HTTP/1.1\r\nHost: x\r\nX-Req")
+        .await
+        .unwrap();
+
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for len in [1usize, 7, 64, 512, 4_096] {
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        exchange(addr, &garbage).await;
+    }
+    for method in ["PURGE", "FOO123", "X-ATTACK-1", "X-ATTACK-2"] {
+        let answer = exchange(
+            addr,
+            format!("{method} /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 "), "{method}: {answer:?}");
+    }
+    let huge_path = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    exchange(addr, huge_path.as_bytes()).await;
+    let answer = exchange(
+        addr,
+        b"GET /context HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 1e400\r\nX-Request-Priority: \xff\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // Still serving, with the half-sent request still open.
+    let answer = exchange(
+        addr,
+        b"GET /context HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(!serving.is_finished());
+
+    let text = metrics::render(&registry).unwrap();
+    for line in text.lines().filter(|l| l.contains("method=\"")) {
+        let method = line
+            .split("method=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(
+            [
+                "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+                "_OTHER"
+            ]
+            .contains(&method),
+            "{line}"
+        );
+    }
+    assert!(text.contains(r#"method="_OTHER""#), "{text}");
+    drop(loris);
+    serving.abort();
+}
