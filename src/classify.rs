@@ -8,6 +8,8 @@
 //! - transport errors (refused, reset, timed out) are rejected;
 //! - a call the deadline layer refused to send, for want of time, is final: no time is left
 //!   for another attempt;
+//! - a call an open circuit breaker refused with a `CircuitOpen` error is final, as its
+//!   synthetic 502 with `X-Do-Not-Retry` is;
 //! - everything else is accepted.
 //!
 //! ```
@@ -98,6 +100,12 @@ impl Classify for DefaultClassifier {
         {
             return Verdict::Accept;
         }
+        // An open breaker's refusal (its `return_error` mode) is final, as its 502 with
+        // `X-Do-Not-Retry` is: retrying it would only spend the budget and wait out backoffs.
+        #[cfg(feature = "circuit-breaker")]
+        if crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
+            return Verdict::Accept;
+        }
         let _ = error;
         Verdict::Reject
     }
@@ -151,6 +159,20 @@ mod tests {
             .with_status(StatusCode::CONFLICT, Verdict::Accept);
         assert_eq!(
             c.classify_response(StatusCode::CONFLICT, &HeaderMap::new()),
+            Verdict::Accept
+        );
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    #[test]
+    fn an_open_breakers_refusal_is_final() {
+        let open: crate::error::BoxError = Box::new(crate::circuit_breaker::CircuitOpen::new(
+            "http://backend".into(),
+            crate::circuit_breaker::CircuitState::Open,
+            None,
+        ));
+        assert_eq!(
+            DefaultClassifier::new().classify_error(open.as_ref()),
             Verdict::Accept
         );
     }

@@ -428,3 +428,58 @@ async fn a_get_is_retried_under_faults_but_never_past_its_attempts() {
     assert_eq!(classify(&err).transport, 1, "{err}");
     assert_eq!(server.requests(), 3);
 }
+
+#[tokio::test]
+async fn under_a_resetting_server_the_breaker_opens_and_later_calls_fail_fast_with_a_typed_error() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_lifeline::body::ReplayBody;
+    use tower_lifeline::circuit_breaker::{
+        CircuitBreakerLayer, CircuitBreakerSettings, CircuitOpen,
+    };
+    use tower_lifeline::deadline::ClientDeadlineLayer;
+
+    let server = FaultServer::start(Fault::Reset);
+    let transport =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<ReplayBody<http_body_util::Full<bytes::Bytes>>>();
+    let breaker = CircuitBreakerLayer::new(
+        CircuitBreakerSettings::builder()
+            .consecutive_failures(3)
+            .break_duration(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+    .return_error();
+    let strategy = StrategyLayer::new();
+    let stats = strategy.stats();
+    let stack = ServiceBuilder::new()
+        .layer(ClientDeadlineLayer::new())
+        .layer(strategy)
+        .layer(breaker)
+        .service(transport);
+
+    let mut open = 0;
+    for _ in 0..10 {
+        let mut request = http::Request::get(server.url())
+            .body(http_body_util::Full::default())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(tower_lifeline::context::Deadline::after(
+                Duration::from_secs(2),
+            ));
+        let started = Instant::now();
+        let err = stack.clone().oneshot(request).await.unwrap_err();
+        assert!(started.elapsed() <= Duration::from_secs(2) + MARGIN);
+        if find_source::<CircuitOpen>(err.as_ref()).is_some() {
+            open += 1;
+        } else {
+            assert_eq!(classify(&err).transport, 1, "{err}");
+        }
+    }
+    // The first call's three attempts trip it; every later call is refused without connecting,
+    // and a refusal is final: no retry of it spends the budget or waits out a backoff.
+    assert_eq!(server.requests(), 3);
+    assert_eq!(open, 9);
+    assert_eq!(stats.snapshot().retries, 2, "{:?}", stats.snapshot());
+}
