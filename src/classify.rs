@@ -169,6 +169,20 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "circuit-breaker")]
+    #[test]
+    fn an_open_breakers_refusal_is_final() {
+        let open: crate::error::BoxError = Box::new(crate::circuit_breaker::CircuitOpen::new(
+            "http://backend".into(),
+            crate::circuit_breaker::CircuitState::Open,
+            None,
+        ));
+        assert_eq!(
+            DefaultClassifier::new().classify_error(open.as_ref()),
+            Verdict::Accept
+        );
+    }
+
     #[test]
     fn errors_are_rejected() {
         let err = std::io::Error::from(std::io::ErrorKind::ConnectionReset);

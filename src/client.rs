@@ -12,7 +12,8 @@
 //!    does not retry);
 //! 5. attempt timeout (if [`ClientBuilder::attempt_timeout`] is set): min(it, time left);
 //! 6. metrics of each attempt;
-//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
+//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
+//!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
 //! 8. transport.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
@@ -55,7 +56,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
 use crate::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer, CircuitBreakerSettings};
-use crate::context::{Deadline, Priority, RouteTemplate};
+use crate::context::{Deadline, Priority, RequestContext, RouteTemplate};
 use crate::deadline::ClientDeadlineLayer;
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
@@ -129,6 +130,7 @@ pub struct ClientBuilder {
     attempt_timeout: Option<Duration>,
     metrics: Option<ClientMetrics>,
     max_response_body: usize,
+    propagate: PropagateLayer,
 }
 
 /// The default cap on a response body read whole by [`ClientResponse::bytes`] and friends.
@@ -150,6 +152,7 @@ impl Default for ClientBuilder {
             attempt_timeout: None,
             metrics: None,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            propagate: PropagateLayer::new(),
         }
     }
 }
@@ -172,6 +175,29 @@ impl ClientBuilder {
     /// This service's name, sent as `X-Service-Name`.
     pub fn service_name(mut self, name: &str) -> Self {
         self.service_name = Some(name.to_owned());
+        self
+    }
+
+    /// Sends `X-Request-Timeout`, `X-Request-Priority` and `X-Service-Name` only to these hosts,
+    /// so that third parties learn nothing of this service's deadline, priority or name. Entries
+    /// are hosts (`inventory`) or domains with a leading dot (`.svc.cluster.local`); see
+    /// [`PropagateLayer::only_to_hosts`]. By default every destination gets them.
+    pub fn propagate_only_to_hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.propagate = self.propagate.only_to_hosts(hosts);
+        self
+    }
+
+    /// Sends the propagation headers only to hosts for which `predicate` holds (it sees the host
+    /// in lowercase, without port); see [`PropagateLayer::only_to`].
+    pub fn propagate_only_to<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        self.propagate = self.propagate.only_to(predicate);
         self
     }
 
@@ -266,7 +292,7 @@ impl ClientBuilder {
                 .ok_or_else(|| ClientBuildError::InvalidHeader(format!("{name}: {value:?}")))?;
             default_headers.append(name, value);
         }
-        let mut propagate = PropagateLayer::new();
+        let mut propagate = self.propagate.clone();
         if let Some(name) = &self.service_name {
             propagate = propagate
                 .service_name(name)
@@ -310,6 +336,7 @@ impl ClientBuilder {
             default_headers,
             breakers,
             max_response_body: self.max_response_body,
+            default_timeout: self.default_timeout,
         })
     }
 }
@@ -349,6 +376,7 @@ pub struct Client {
     default_headers: HeaderMap,
     breakers: Option<BreakerRegistry>,
     max_response_body: usize,
+    default_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -412,11 +440,25 @@ impl Client {
     }
 
     /// Sends a request built elsewhere through the whole stack.
+    ///
+    /// The call's deadline also bounds reading the body with [`ClientResponse::bytes`],
+    /// [`text`](ClientResponse::text) and [`json`](ClientResponse::json): a server that sends
+    /// its head in time and then trickles the body cannot hold the caller past the deadline.
     pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
+        // The same deadline the deadline layer fixes: explicit, inherited, or the default.
+        let explicit = request.extensions().get::<Deadline>().copied();
+        let inherited = RequestContext::current().and_then(|c| c.deadline());
+        let deadline = [explicit, inherited]
+            .into_iter()
+            .flatten()
+            .fold(Deadline::after(self.default_timeout), Deadline::earliest);
+        let allowed = deadline.remaining();
         let response = self.stack.clone().oneshot(request).await?;
         Ok(ClientResponse {
             response,
             max_body: self.max_response_body,
+            deadline,
+            allowed,
         })
     }
 
@@ -541,6 +583,9 @@ impl RequestBuilder<'_> {
 pub struct ClientResponse {
     response: Response<Incoming>,
     max_body: usize,
+    deadline: Deadline,
+    /// The time the call had when it was sent, for the error.
+    allowed: Duration,
 }
 
 impl ClientResponse {
@@ -562,15 +607,30 @@ impl ClientResponse {
             .map_or(1, |count| count.0)
     }
 
-    /// The underlying response, to stream its body.
+    /// The underlying response, to stream its body. The call's deadline no longer applies to
+    /// it: streaming for as long as it takes is the caller's choice.
     pub fn into_inner(self) -> Response<Incoming> {
         self.response
     }
 
-    /// The whole body, up to the client's `max_response_body` (a larger one is an error).
+    /// The call's deadline, which also bounds the body helpers below.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// The whole body, read before the call's deadline and up to the client's
+    /// `max_response_body`: past the deadline a [`DeadlineExceeded`] error (the rest of the body
+    /// is dropped with the connection), past the size a length-limit error.
+    ///
+    /// [`DeadlineExceeded`]: crate::deadline::DeadlineExceeded
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
         let limited = http_body_util::Limited::new(self.response.into_body(), self.max_body);
-        Ok(limited.collect().await?.to_bytes())
+        match tokio::time::timeout_at(self.deadline.instant(), limited.collect()).await {
+            Ok(body) => Ok(body?.to_bytes()),
+            Err(_) => Err(Box::new(crate::deadline::DeadlineExceeded::elapsed(
+                self.allowed,
+            ))),
+        }
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
