@@ -132,6 +132,7 @@ impl ServerBuilder {
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let server_metrics = ServerMetrics::register(&registry, self.metrics)?;
         let shed = LoadShedLayer::new(self.capacity);
+        metrics::register_load_shed(&registry, shed.clone())?;
         let stack = ServiceBuilder::new()
             .layer(server_metrics.layer())
             .layer(self.deadline)
@@ -233,6 +234,9 @@ mod tests {
         assert!(
             !text.contains(r#"route="/healthz""#),
             "probes stay out of the metrics"
+        );
+        assert!(
+            text.contains(r#"http_server_shed_requests_total{priority="low",reason="overload"} 0"#)
         );
         server.shutdown().trigger();
         assert_eq!(
