@@ -1,7 +1,7 @@
 //! The full server stack on a real port.
 //!
 //! ```text
-//! cargo run --example server -- --addr 127.0.0.1:8080 [--bare] [--capacity N]
+//! cargo run --example server -- --addr 127.0.0.1:8080 [--bare] [--capacity N] [--drain-delay MS]
 //! ```
 //!
 //! Routes: `GET /hello`, `GET /slow?ms=N`, `GET /status/{code}`, `GET /context` (the request
@@ -20,18 +20,20 @@ use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use tower_lifeline::server::Server;
-use tower_lifeline::shutdown::Drained;
+use tower_lifeline::shutdown::{Drained, Shutdown};
 use tower_lifeline::RequestContext;
 
 const HELP: &str = "\
 server: the full tower-lifeline server stack on a real port
 
-USAGE: cargo run --example server -- [--addr ADDR] [--bare] [--capacity N]
+USAGE: cargo run --example server -- [--addr ADDR] [--bare] [--capacity N] [--drain-delay MS]
 
 OPTIONS:
     --addr ADDR      where to listen (default 127.0.0.1:8080)
     --bare           no tower-lifeline layer at all (the overhead baseline)
     --capacity N     requests handled at once before shedding (default 1024)
+    --drain-delay MS after SIGTERM, keep accepting (with /readyz failing) this long, so that
+                     load balancers move traffic away before the listener closes (default 0)
     -h, --help       print this help
 
 ROUTES: GET /hello, GET /slow?ms=N, GET /status/{code}, GET /context, POST /echo,
@@ -78,6 +80,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut bare = false;
     let mut capacity = 1024;
+    let mut drain_delay = Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -92,6 +95,13 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--capacity needs a number")?;
+            }
+            "--drain-delay" => {
+                drain_delay = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+                    .ok_or("--drain-delay needs milliseconds")?;
             }
             other => return Err(format!("unknown argument {other:?}; try --help").into()),
         }
@@ -113,6 +123,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     let server = Server::builder()
         .capacity(capacity)
         .registry(Registry::new())
+        .shutdown(Shutdown::new().drain_delay(drain_delay))
         .build(app())?;
     server.shutdown().listen_for_signals();
     println!("tower-lifeline server stack on http://{addr} (SIGTERM or Ctrl-C drains)");

@@ -30,7 +30,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -103,14 +103,43 @@ struct Shared<B> {
     cap: usize,
     overflowed: bool,
     failed: Option<Arc<BoxError>>,
-    /// Readers waiting at the front while another one polls the source.
-    waiters: Vec<Waker>,
+    /// Readers waiting at the front for the source's next frame.
+    waiters: Arc<WakeAll>,
+    /// The waker the source is polled with: it wakes every waiting reader, not only the one that
+    /// polled last. Otherwise a hedge could stall behind an attempt whose connection is
+    /// back-pressured (hyper does not poll a body it cannot send), since most bodies keep only the
+    /// last waker they were given.
+    fan_out: Waker,
     hint: SizeHint,
 }
 
 impl<B> Shared<B> {
     fn wake_all(&mut self) {
-        for waker in self.waiters.drain(..) {
+        self.waiters.wake_by_ref();
+    }
+}
+
+/// Wakes every registered reader at once.
+#[derive(Default)]
+struct WakeAll(Mutex<Vec<Waker>>);
+
+impl WakeAll {
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for WakeAll {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers {
             waker.wake();
         }
     }
@@ -219,6 +248,7 @@ impl<B: Body> ReplayBody<B> {
         let hint = body.size_hint();
         // A body known to be larger than the cap will not be replayed; say so at once.
         let overflowed = hint.lower() > cap as u64;
+        let waiters = Arc::new(WakeAll::default());
         let shared = Arc::new(Mutex::new(Shared {
             source: Some(Box::pin(body)),
             frames: Vec::new(),
@@ -227,7 +257,8 @@ impl<B: Body> ReplayBody<B> {
             cap,
             overflowed,
             failed: None,
-            waiters: Vec::new(),
+            fan_out: Waker::from(waiters.clone()),
+            waiters,
             hint,
         }));
         let first = ReplayBody {
@@ -312,17 +343,17 @@ where
     if let Some(err) = &state.failed {
         return Poll::Ready(Some(Err(Box::new(ReplayError::Source(err.clone())))));
     }
+    // Registered before polling, so that a wake-up during the poll is not missed.
+    state.waiters.register(cx.waker());
+    let fan_out = state.fan_out.clone();
     let Some(source) = state.source.as_mut() else {
         return Poll::Ready(None);
     };
-    match source.as_mut().poll_frame(cx) {
-        Poll::Pending => {
-            // The source will wake this reader; the others at the front wait for its frame.
-            if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                state.waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        }
+    match source
+        .as_mut()
+        .poll_frame(&mut Context::from_waker(&fan_out))
+    {
+        Poll::Pending => Poll::Pending,
         Poll::Ready(Some(Ok(frame))) => {
             let frame = match frame.into_data() {
                 Ok(mut data) => Buffered::Data(data.copy_to_bytes(data.remaining())),
@@ -503,5 +534,85 @@ mod tests {
         let body = ReplayBody::direct(Full::new(Bytes::from("once")));
         assert_eq!(body.size_hint().exact(), Some(4));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "once");
+    }
+
+    /// A source that, like most bodies, keeps only the last waker it was polled with.
+    #[derive(Clone, Default)]
+    struct Manual(Arc<Mutex<ManualState>>);
+
+    #[derive(Default)]
+    struct ManualState {
+        ready: Option<Bytes>,
+        waker: Option<Waker>,
+    }
+
+    impl Body for Manual {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let mut state = self.0.lock().unwrap();
+            if let Some(data) = state.ready.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_frame_wakes_every_waiting_copy_not_only_the_last_to_poll() {
+        let source = Manual::default();
+        let (first, replay) = ReplayBody::replayable(source.clone(), 1024);
+        let mut first = Box::pin(first);
+        let mut hedge = Box::pin(replay.replay().unwrap());
+        let (hedge_flag, first_flag) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
+        let (hedge_waker, first_waker) = (
+            Waker::from(hedge_flag.clone()),
+            Waker::from(first_flag.clone()),
+        );
+        // The hedge waits first; then the first copy polls last (and is then back-pressured:
+        // never polled again).
+        assert!(hedge
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(&hedge_waker))
+            .is_pending());
+        assert!(first
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(&first_waker))
+            .is_pending());
+        // Data arrives: the source wakes the one waker it kept.
+        let waker = {
+            let mut state = source.0.lock().unwrap();
+            state.ready = Some(Bytes::from_static(b"data"));
+            state.waker.take().unwrap()
+        };
+        waker.wake();
+        assert!(
+            hedge_flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the hedge was woken"
+        );
+        match hedge
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(&hedge_waker))
+        {
+            Poll::Ready(Some(Ok(frame))) => assert_eq!(frame.into_data().unwrap(), "data"),
+            other => panic!(
+                "the hedge should read the frame, got {:?}",
+                other.map(|_| ())
+            ),
+        }
     }
 }

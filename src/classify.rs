@@ -9,6 +9,7 @@
 //! - a call the deadline layer refused to send, for want of time, is final: no time is left
 //!   for another attempt;
 //! - a call an open circuit breaker refused is final: the breaker answers for the destination;
+//! - an attempt the caller's deadline cut short is final, and no failure of the destination;
 //! - everything else is accepted.
 //!
 //! ```
@@ -103,6 +104,14 @@ impl Classify for DefaultClassifier {
         if crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
             return Verdict::Accept;
         }
+        // An attempt cut short by the caller's own deadline says nothing about the destination
+        // (a breaker must not open on a healthy one) and leaves no time for another attempt.
+        #[cfg(feature = "timeout")]
+        if crate::error::find_source::<crate::timeout::AttemptTimedOut>(error)
+            .is_some_and(|e| e.by_deadline())
+        {
+            return Verdict::Accept;
+        }
         let _ = error;
         Verdict::Reject
     }
@@ -160,12 +169,96 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "circuit-breaker")]
+    #[test]
+    fn an_open_breakers_refusal_is_final() {
+        let open: crate::error::BoxError = Box::new(crate::circuit_breaker::CircuitOpen::new(
+            "http://backend".into(),
+            crate::circuit_breaker::CircuitState::Open,
+            None,
+        ));
+        assert_eq!(
+            DefaultClassifier::new().classify_error(open.as_ref()),
+            Verdict::Accept
+        );
+    }
+
     #[test]
     fn errors_are_rejected() {
         let err = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(
             DefaultClassifier::new().classify_error(&err),
             Verdict::Reject
+        );
+    }
+
+    #[cfg(feature = "deadline")]
+    #[test]
+    fn a_call_refused_for_want_of_time_is_final() {
+        use crate::deadline::DeadlineExceeded;
+        use std::time::Duration;
+        let c = DefaultClassifier::new();
+        let not_sent =
+            DeadlineExceeded::not_sent(Duration::from_millis(1), Duration::from_millis(5));
+        assert_eq!(c.classify_error(&not_sent), Verdict::Accept);
+        let elapsed = DeadlineExceeded::elapsed(Duration::from_secs(1));
+        assert_eq!(c.classify_error(&elapsed), Verdict::Reject);
+    }
+
+    #[cfg(feature = "timeout")]
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_cut_by_the_deadline_is_final_but_its_own_timeout_is_not() {
+        use crate::context::Deadline;
+        use std::time::Duration;
+        use tower::{Layer, ServiceExt};
+        let hang = tower::service_fn(|_req: http::Request<()>| {
+            std::future::pending::<Result<http::Response<()>, std::io::Error>>()
+        });
+        let classify = |deadline: Duration| async move {
+            let mut request = http::Request::new(());
+            request.extensions_mut().insert(Deadline::after(deadline));
+            let svc = crate::timeout::AttemptTimeoutLayer::new(Duration::from_secs(1)).layer(hang);
+            let err = svc.oneshot(request).await.unwrap_err();
+            DefaultClassifier::new().classify_error(err.as_ref())
+        };
+        assert_eq!(
+            classify(Duration::from_millis(100)).await,
+            Verdict::Accept,
+            "deadline"
+        );
+        assert_eq!(
+            classify(Duration::from_secs(10)).await,
+            Verdict::Reject,
+            "own timeout"
+        );
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_refusal_is_final() {
+        use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerSettings};
+        use std::time::Duration;
+        use tower::{Layer, ServiceExt};
+        let settings = CircuitBreakerSettings::builder()
+            .minimum_throughput(1)
+            .failure_threshold(0.5)
+            .break_duration(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let layer = CircuitBreakerLayer::new(settings).return_error();
+        let failing = tower::service_fn(|_req: http::Request<()>| async {
+            Err::<http::Response<()>, _>(std::io::Error::other("down"))
+        });
+        let request = || http::Request::get("http://down/").body(()).unwrap();
+        let first = layer.layer(failing).oneshot(request()).await.unwrap_err();
+        assert_eq!(
+            DefaultClassifier::new().classify_error(first.as_ref()),
+            Verdict::Reject
+        );
+        let refused = layer.layer(failing).oneshot(request()).await.unwrap_err();
+        assert_eq!(
+            DefaultClassifier::new().classify_error(refused.as_ref()),
+            Verdict::Accept
         );
     }
 }

@@ -12,7 +12,8 @@
 //!    does not retry);
 //! 5. attempt timeout (if [`ClientBuilder::attempt_timeout`] is set): min(it, time left);
 //! 6. metrics of each attempt;
-//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name`;
+//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
+//!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
 //! 8. transport.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
@@ -55,7 +56,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
 use crate::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer, CircuitBreakerSettings};
-use crate::context::{Deadline, Priority, RouteTemplate};
+use crate::context::{Deadline, Priority, RequestContext, RouteTemplate};
 use crate::deadline::ClientDeadlineLayer;
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
@@ -128,7 +129,12 @@ pub struct ClientBuilder {
     breaker: Option<CircuitBreakerSettings>,
     attempt_timeout: Option<Duration>,
     metrics: Option<ClientMetrics>,
+    max_response_body: usize,
+    propagate: PropagateLayer,
 }
+
+/// The default cap on a response body read whole by [`ClientResponse::bytes`] and friends.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 impl Default for ClientBuilder {
     fn default() -> Self {
@@ -145,6 +151,8 @@ impl Default for ClientBuilder {
             breaker: Some(CircuitBreakerSettings::default()),
             attempt_timeout: None,
             metrics: None,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            propagate: PropagateLayer::new(),
         }
     }
 }
@@ -167,6 +175,29 @@ impl ClientBuilder {
     /// This service's name, sent as `X-Service-Name`.
     pub fn service_name(mut self, name: &str) -> Self {
         self.service_name = Some(name.to_owned());
+        self
+    }
+
+    /// Sends `X-Request-Timeout`, `X-Request-Priority` and `X-Service-Name` only to these hosts,
+    /// so that third parties learn nothing of this service's deadline, priority or name. Entries
+    /// are hosts (`inventory`) or domains with a leading dot (`.svc.cluster.local`); see
+    /// [`PropagateLayer::only_to_hosts`]. By default every destination gets them.
+    pub fn propagate_only_to_hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.propagate = self.propagate.only_to_hosts(hosts);
+        self
+    }
+
+    /// Sends the propagation headers only to hosts for which `predicate` holds (it sees the host
+    /// in lowercase, without port); see [`PropagateLayer::only_to`].
+    pub fn propagate_only_to<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        self.propagate = self.propagate.only_to(predicate);
         self
     }
 
@@ -221,6 +252,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The most bytes [`ClientResponse::bytes`], `text` and `json` read before failing
+    /// (default 16 MiB), so that a misbehaving server cannot exhaust memory. Stream larger bodies
+    /// with [`ClientResponse::into_inner`].
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
     /// Measure calls and attempts with these (registered) metrics.
     pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -253,7 +292,7 @@ impl ClientBuilder {
                 .ok_or_else(|| ClientBuildError::InvalidHeader(format!("{name}: {value:?}")))?;
             default_headers.append(name, value);
         }
-        let mut propagate = PropagateLayer::new();
+        let mut propagate = self.propagate.clone();
         if let Some(name) = &self.service_name {
             propagate = propagate
                 .service_name(name)
@@ -263,7 +302,9 @@ impl ClientBuilder {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_nodelay(true);
-        http.enforce_http(false);
+        // With TLS the https connector wraps this one; without it, refuse https outright rather
+        // than speak cleartext to port 443.
+        http.enforce_http(!cfg!(feature = "tls"));
         let mut pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         pool.pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_idle_timeout(self.pool_idle_timeout)
@@ -294,6 +335,8 @@ impl ClientBuilder {
             base,
             default_headers,
             breakers,
+            max_response_body: self.max_response_body,
+            default_timeout: self.default_timeout,
         })
     }
 }
@@ -332,6 +375,8 @@ pub struct Client {
     base: Option<Uri>,
     default_headers: HeaderMap,
     breakers: Option<BreakerRegistry>,
+    max_response_body: usize,
+    default_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -395,9 +440,26 @@ impl Client {
     }
 
     /// Sends a request built elsewhere through the whole stack.
+    ///
+    /// The call's deadline also bounds reading the body with [`ClientResponse::bytes`],
+    /// [`text`](ClientResponse::text) and [`json`](ClientResponse::json): a server that sends
+    /// its head in time and then trickles the body cannot hold the caller past the deadline.
     pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
+        // The same deadline the deadline layer fixes: explicit, inherited, or the default.
+        let explicit = request.extensions().get::<Deadline>().copied();
+        let inherited = RequestContext::current().and_then(|c| c.deadline());
+        let deadline = [explicit, inherited]
+            .into_iter()
+            .flatten()
+            .fold(Deadline::after(self.default_timeout), Deadline::earliest);
+        let allowed = deadline.remaining();
         let response = self.stack.clone().oneshot(request).await?;
-        Ok(ClientResponse { response })
+        Ok(ClientResponse {
+            response,
+            max_body: self.max_response_body,
+            deadline,
+            allowed,
+        })
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
@@ -405,7 +467,11 @@ impl Client {
         if url.contains("://") {
             let uri: Uri = url.parse().map_err(|_| invalid())?;
             return match (uri.scheme_str(), uri.authority()) {
-                (Some("http" | "https"), Some(_)) => Ok(uri),
+                (Some("http"), Some(_)) => Ok(uri),
+                (Some("https"), Some(_)) if cfg!(feature = "tls") => Ok(uri),
+                (Some("https"), Some(_)) => Err(InvalidRequest(format!(
+                    "{url:?} is https, which needs tower-lifeline's `tls` feature"
+                ))),
                 _ => Err(invalid()),
             };
         }
@@ -516,6 +582,10 @@ impl RequestBuilder<'_> {
 #[derive(Debug)]
 pub struct ClientResponse {
     response: Response<Incoming>,
+    max_body: usize,
+    deadline: Deadline,
+    /// The time the call had when it was sent, for the error.
+    allowed: Duration,
 }
 
 impl ClientResponse {
@@ -537,14 +607,30 @@ impl ClientResponse {
             .map_or(1, |count| count.0)
     }
 
-    /// The underlying response, to stream its body.
+    /// The underlying response, to stream its body. The call's deadline no longer applies to
+    /// it: streaming for as long as it takes is the caller's choice.
     pub fn into_inner(self) -> Response<Incoming> {
         self.response
     }
 
-    /// The whole body.
+    /// The call's deadline, which also bounds the body helpers below.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// The whole body, read before the call's deadline and up to the client's
+    /// `max_response_body`: past the deadline a [`DeadlineExceeded`] error (the rest of the body
+    /// is dropped with the connection), past the size a length-limit error.
+    ///
+    /// [`DeadlineExceeded`]: crate::deadline::DeadlineExceeded
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
-        Ok(self.response.into_body().collect().await?.to_bytes())
+        let limited = http_body_util::Limited::new(self.response.into_body(), self.max_body);
+        match tokio::time::timeout_at(self.deadline.instant(), limited.collect()).await {
+            Ok(body) => Ok(body?.to_bytes()),
+            Err(_) => Err(Box::new(crate::deadline::DeadlineExceeded::elapsed(
+                self.allowed,
+            ))),
+        }
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
@@ -608,6 +694,19 @@ mod tests {
         let bare = Client::builder().build().unwrap();
         assert!(bare.resolve("items").is_err());
         assert!(client.resolve("bad url with spaces").is_err());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn https_without_tls_is_refused_not_sent_in_cleartext() {
+        let client = Client::builder().build().unwrap();
+        let err = client.get("https://example.com/").send().await.unwrap_err();
+        assert!(err.to_string().contains("tls"), "{err}");
+        let err = Client::builder()
+            .base_url("https://example.com/")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientBuildError::TlsUnavailable));
     }
 
     #[tokio::test]

@@ -259,6 +259,19 @@ impl RequestContext {
         RequestContext { priority, ..self }
     }
 
+    /// The context the server layers stored in `req`'s extensions, or the default (no deadline,
+    /// `Normal`) when there is none.
+    pub fn of<B>(req: &http::Request<B>) -> RequestContext {
+        RequestContext::in_extensions(req.extensions())
+    }
+
+    fn in_extensions(extensions: &http::Extensions) -> RequestContext {
+        extensions
+            .get::<RequestContext>()
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// The context of the request whose handler is running on this task, if any.
     pub fn current() -> Option<RequestContext> {
         CURRENT.try_with(|ctx| *ctx).ok()
@@ -316,11 +329,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestContext>()
-            .copied()
-            .unwrap_or_default())
+        Ok(RequestContext::in_extensions(&parts.extensions))
     }
 }
 

@@ -180,8 +180,13 @@ pub fn parse_service_name(value: &HeaderValue) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
 
+/// The longest wait [`parse_retry_after`] returns: ten digits of delta-seconds (317 years). A
+/// date further ahead is cut to it, so every form of the header has the same bound.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(9_999_999_999);
+
 /// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
 /// (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from the system clock; a date in the past is zero).
+/// The wait is at most [`MAX_RETRY_AFTER`]; callers cap it further (the strategy layer at 30 s).
 pub fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
     let bytes = value.as_bytes().trim_ascii();
     let parsed = if !bytes.is_empty() && bytes.len() <= 10 && bytes.iter().all(u8::is_ascii_digit) {
@@ -196,6 +201,7 @@ pub fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
             .map(|date| {
                 date.duration_since(std::time::SystemTime::now())
                     .unwrap_or(Duration::ZERO)
+                    .min(MAX_RETRY_AFTER)
             })
     };
     if parsed.is_none() {
@@ -364,6 +370,11 @@ mod tests {
             wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
             "{wait:?}"
         );
+        // A date in year 9862 (found by the fuzzer) is cut to the same bound as delta-seconds.
+        assert_eq!(
+            parse_retry_after(&value(b"Wed, 22 Oct 9862 07:28:00 GMT")),
+            Some(MAX_RETRY_AFTER)
+        );
         for bad in [&b""[..], b"-1", b"1.5", b"soon", b"99999999999", b"\xff"] {
             assert_eq!(parse_retry_after(&value(bad)), None, "{bad:?}");
         }
@@ -443,6 +454,51 @@ mod tests {
                 let _ = d.as_secs_f64();
             }
             let _ = parse_grpc_timeout(&v);
+        }
+
+        #[test]
+        fn what_parses_is_what_the_grammar_allows(bytes in proptest::collection::vec(any::<u8>(), 0..48)) {
+            let Ok(v) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let trimmed = bytes.trim_ascii();
+            if parse_timeout(&v).is_some() {
+                prop_assert!(trimmed.len() <= MAX_TIMEOUT_LEN);
+                prop_assert!(trimmed.iter().all(|b| b.is_ascii_digit() || b".eE+-".contains(b)));
+            }
+            if let Some(d) = parse_grpc_timeout(&v) {
+                prop_assert!(bytes.len() >= 2 && bytes.len() <= 9);
+                prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
+            }
+            if let Some(p) = parse_priority(&v) {
+                prop_assert!(bytes.eq_ignore_ascii_case(p.as_str().as_bytes()));
+            }
+            if let Some(name) = parse_service_name(&v) {
+                // Label-safe: short, and nothing that could break out of a Prometheus label.
+                prop_assert!(!name.is_empty() && name.len() <= MAX_SERVICE_NAME_LEN);
+                prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+            }
+            if let Some(wait) = parse_retry_after(&v) {
+                prop_assert!(wait <= MAX_RETRY_AFTER);
+            }
+        }
+
+        #[test]
+        fn retry_after_reads_any_delta_seconds_up_to_ten_digits(n in 0u64..10_000_000_000) {
+            let v = HeaderValue::from_str(&n.to_string()).unwrap();
+            prop_assert_eq!(parse_retry_after(&v), Some(Duration::from_secs(n)));
+        }
+
+        #[test]
+        fn grpc_timeout_reads_every_well_formed_value(n in 0u64..100_000_000, unit in "[HMSmun]") {
+            let v = HeaderValue::from_str(&format!("{n}{unit}")).unwrap();
+            let expected = match unit.as_str() {
+                "H" => Duration::from_secs(n * 3600),
+                "M" => Duration::from_secs(n * 60),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                _ => Duration::from_nanos(n),
+            };
+            prop_assert_eq!(parse_grpc_timeout(&v), Some(expected));
         }
 
         #[test]

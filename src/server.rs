@@ -121,14 +121,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails only if
-    /// the metrics are already registered in the registry.
+    /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails if the
+    /// metrics are already registered in the registry.
+    ///
+    /// `app` must leave `/metrics`, `/healthz` and `/readyz` free: axum panics on overlapping
+    /// routes, at this call, at start-up.
     pub fn build(self, app: Router) -> Result<Server, prometheus::Error> {
         let registry = self
             .registry
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let server_metrics = ServerMetrics::register(&registry, self.metrics)?;
         let shed = LoadShedLayer::new(self.capacity);
+        metrics::register_load_shed(&registry, shed.clone())?;
         let stack = ServiceBuilder::new()
             .layer(server_metrics.layer())
             .layer(self.deadline)
@@ -230,6 +234,9 @@ mod tests {
         assert!(
             !text.contains(r#"route="/healthz""#),
             "probes stay out of the metrics"
+        );
+        assert!(
+            text.contains(r#"http_server_shed_requests_total{priority="low",reason="overload"} 0"#)
         );
         server.shutdown().trigger();
         assert_eq!(

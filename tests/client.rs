@@ -175,3 +175,85 @@ async fn a_refused_connection_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(!err.to_string().is_empty());
 }
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_an_error_not_an_allocation() {
+    let app = axum::Router::new().route("/big", get(|| async { vec![b'x'; 64 * 1024] }));
+    let addr = common::serve(app).await;
+    let client = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .max_response_body(1024)
+        .build()
+        .unwrap();
+    let err = client
+        .get("/big")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("length limit"), "{err}");
+    let small = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        small
+            .get("/big")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        64 * 1024
+    );
+}
+
+#[tokio::test]
+async fn propagation_headers_reach_only_the_allowed_hosts() {
+    // Echoes which propagation headers arrived.
+    let app = Router::new().route(
+        "/echo",
+        get(|headers: axum::http::HeaderMap| async move {
+            let names = ["x-request-timeout", "x-request-priority", "x-service-name"];
+            Json(json!(names
+                .iter()
+                .filter(|n| headers.contains_key(**n))
+                .collect::<Vec<_>>()))
+        }),
+    );
+    let addr = common::serve(app).await;
+    let client = Client::builder()
+        .service_name("checkout")
+        .propagate_only_to_hosts(["localhost"])
+        .build()
+        .unwrap();
+    // The same server under two names: an allowed one and one that stands for a third party.
+    let allowed = format!("http://localhost:{}/echo", addr.port());
+    let third_party = format!("http://{addr}/echo");
+    let seen: Value = client
+        .get(&allowed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        json!(["x-request-timeout", "x-request-priority", "x-service-name"])
+    );
+    let seen: Value = client
+        .get(&third_party)
+        .header("x-service-name", "set-by-hand")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen, json!([]), "nothing reaches a host off the list");
+}

@@ -149,3 +149,232 @@ async fn the_grace_period_bounds_a_drain_that_would_never_end() {
     assert_eq!(outcome, Drained::GraceExpired { in_flight: 1 });
     stuck.abort();
 }
+
+/// A load generator: 16 workers sending single-attempt requests (no retry can hide a failure),
+/// and a poller playing the load balancer, which takes the server out of rotation when
+/// `/readyz` stops answering 200. Workers stop sending once it is out of rotation.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    answered: Arc<AtomicUsize>,
+    answered_after_trigger: Arc<AtomicUsize>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    triggered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Load {
+    const WORKERS: usize = 16;
+
+    fn start(base: &str, path: &'static str) -> Load {
+        use tower_lifeline::client::Client;
+        use tower_lifeline::strategy::Strategy;
+
+        let client = Client::builder().base_url(base).build().unwrap();
+        let in_rotation = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let load = Load {
+            tasks: Vec::new(),
+            answered: Arc::default(),
+            answered_after_trigger: Arc::default(),
+            failed: Arc::default(),
+            triggered: Arc::default(),
+        };
+        let mut tasks = vec![tokio::spawn({
+            let (client, in_rotation) = (client.clone(), in_rotation.clone());
+            async move {
+                loop {
+                    let ready = client
+                        .get("/readyz")
+                        .strategy(Strategy::single())
+                        .send()
+                        .await;
+                    if !matches!(&ready, Ok(r) if r.status() == StatusCode::OK) {
+                        in_rotation.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })];
+        for _ in 0..Self::WORKERS {
+            let (client, in_rotation, answered, after, failed, triggered) = (
+                client.clone(),
+                in_rotation.clone(),
+                load.answered.clone(),
+                load.answered_after_trigger.clone(),
+                load.failed.clone(),
+                load.triggered.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while in_rotation.load(Ordering::SeqCst) {
+                    let outcome = async {
+                        let response = client
+                            .get(path)
+                            .strategy(Strategy::single())
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await?;
+                        let status = response.status();
+                        response.bytes().await?;
+                        Ok::<_, tower_lifeline::BoxError>(status)
+                    }
+                    .await;
+                    match outcome {
+                        Ok(StatusCode::OK) => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            if triggered.load(Ordering::SeqCst) {
+                                after.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }));
+        }
+        Load { tasks, ..load }
+    }
+
+    async fn answered_at_least(&self, n: usize) {
+        eventually(|| self.answered.load(Ordering::SeqCst) >= n).await;
+    }
+
+    /// Waits for the generator to stop; returns (answered, answered after the trigger, failures).
+    async fn finish(self) -> (usize, usize, Vec<String>) {
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (
+            self.answered.load(Ordering::SeqCst),
+            self.answered_after_trigger.load(Ordering::SeqCst),
+            failed,
+        )
+    }
+}
+
+/// The `Server` preset under a running load generator: the shutdown is triggered
+/// programmatically while the load runs; the drain delay covers the time the poller takes to
+/// notice. Every request sent gets its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_preset_drains_under_load_without_failing_a_request() {
+    use tower_lifeline::server::Server;
+
+    let shutdown = Shutdown::new()
+        .drain_delay(Duration::from_millis(400))
+        .grace_period(Duration::from_secs(10));
+    let app = Router::new().route(
+        "/work",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            "done"
+        }),
+    );
+    let server = Server::builder()
+        .registry(prometheus::Registry::new())
+        .shutdown(shutdown.clone())
+        .build(app)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+
+    let load = Load::start(&format!("http://{addr}"), "/work");
+    load.answered_at_least(500).await;
+    load.triggered.store(true, Ordering::SeqCst);
+    shutdown.trigger();
+    let (answered, after, failed) = load.finish().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stops within the grace period")
+        .unwrap()
+        .unwrap();
+
+    eprintln!(
+        "shutdown under load: {answered} requests answered ({after} after the trigger), {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        after > 0,
+        "the load was still running when the shutdown started"
+    );
+    assert_eq!(outcome, Drained::Completed);
+}
+
+/// The same with a real SIGTERM to `examples/server` running as a child process. Not in CI (it
+/// builds and starts the example); run it with
+/// `cargo test --test graceful_shutdown -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds and runs examples/server as a child process; run by hand"]
+async fn sigterm_to_the_example_server_under_load_fails_no_request() {
+    // The example binary sits beside this test's profile directory.
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf();
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--example", "server"]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "the example builds");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(profile_dir.join("examples").join("server"))
+        .args(["--addr", &addr, "--drain-delay", "500"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let probe = common::http_client();
+    let mut up = false;
+    for _ in 0..500 {
+        if let Ok(r) = probe
+            .request(request(addr.parse().unwrap(), "/healthz"))
+            .await
+        {
+            up = r.status() == StatusCode::OK;
+            if up {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(up, "the example server came up");
+
+    let load = Load::start(&format!("http://{addr}"), "/slow?ms=20");
+    load.answered_at_least(300).await;
+    load.triggered.store(true, Ordering::SeqCst);
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (answered, after, failed) = load.finish().await;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the server exits within its grace period")
+        .unwrap();
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+
+    eprintln!(
+        "SIGTERM under load: {answered} requests answered ({after} after the signal), {} failed; server said {stdout:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(after > 0, "the load was still running when the signal came");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stdout.contains("drained: every request finished"),
+        "{stdout}"
+    );
+}

@@ -144,9 +144,12 @@ async fn a_deadline_shorter_than_the_routes_typical_time_is_refused_per_route_te
     let addr = common::serve(app(shed.clone(), gate)).await;
     let client = common::http_client();
 
-    // One request teaches the layer that `/slow/{id}` takes about 200 ms.
-    let first = client.request(request(addr, "/slow/1", &[])).await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
+    // Five requests (the fewest it trusts) teach the layer that `/slow/{id}` takes about 200 ms.
+    for id in 0..5 {
+        let path = format!("/slow/{id}");
+        let first = client.request(request(addr, &path, &[])).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+    }
 
     // Another id, same template: 50 ms is not enough.
     let refused = client
@@ -169,4 +172,48 @@ async fn a_deadline_shorter_than_the_routes_typical_time_is_refused_per_route_te
     assert_eq!(patient.status(), StatusCode::OK);
 
     assert_eq!(shed.stats().refused_deadline, 1);
+}
+
+#[tokio::test]
+async fn shed_requests_are_counted_in_prometheus() {
+    use tower_lifeline::metrics;
+    let registry = prometheus::Registry::new();
+    let shed = LoadShedLayer::new(4);
+    metrics::register_load_shed(&registry, shed.clone()).unwrap();
+    let gate = Gate {
+        entered: Arc::new(AtomicUsize::new(0)),
+        release: Arc::new(Semaphore::new(0)),
+    };
+    let addr = common::serve(app(shed.clone(), gate.clone())).await;
+    let client = common::http_client();
+    // Fill the server with High requests held at the gate, then send Low ones: they are shed.
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .request(request(addr, "/held", &[("x-request-priority", "high")]))
+                    .await
+            })
+        })
+        .collect();
+    while gate.entered.load(Ordering::SeqCst) < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        let response = client
+            .request(request(addr, "/held", &[("x-request-priority", "low")]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    gate.release.add_permits(4);
+    for request in held {
+        request.await.unwrap().unwrap();
+    }
+    let text = metrics::render(&registry).unwrap();
+    assert!(
+        text.contains(r#"http_server_shed_requests_total{priority="low",reason="overload"} 3"#),
+        "{text}"
+    );
 }

@@ -210,3 +210,70 @@ async fn a_body_over_the_replay_cap_is_sent_once_and_not_retried() {
     assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
     assert_eq!(seen.bodies.lock().unwrap()[0].len(), 320);
 }
+
+#[tokio::test]
+async fn every_hedge_loser_is_cancelled_at_the_server_promptly() {
+    // The first two attempts hang; the third answers at once. Each handler records when it was
+    // dropped, so the test sees how long after the win each loser went away.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped_at: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    struct RecordDrop(Arc<Mutex<Vec<tokio::time::Instant>>>, bool);
+    impl Drop for RecordDrop {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.lock().unwrap().push(tokio::time::Instant::now());
+            }
+        }
+    }
+    let app = Router::new().route(
+        "/hedged",
+        get({
+            let (calls, dropped_at) = (calls.clone(), dropped_at.clone());
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let dropped_at = dropped_at.clone();
+                async move {
+                    let mut guard = RecordDrop(dropped_at, true);
+                    if n < 2 {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    guard.1 = false;
+                    format!("call {n}")
+                }
+            }
+        }),
+    );
+    let addr = common::serve(app).await;
+    let transport = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let client = StrategyLayer::new()
+        .strategy(Strategy::parallel(
+            3,
+            Delays::constant(Duration::from_millis(30)),
+        ))
+        .layer(transport);
+
+    let request = Request::get(format!("http://{addr}/hedged"))
+        .body(Full::default())
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    let won_at = tokio::time::Instant::now();
+    assert_eq!(common::text(response.into_body()).await, "call 2");
+
+    let waited = tokio::time::Instant::now();
+    while dropped_at.lock().unwrap().len() < 2 && waited.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let dropped = dropped_at.lock().unwrap().clone();
+    assert_eq!(dropped.len(), 2, "both losers were cancelled at the server");
+    let delays: Vec<Duration> = dropped
+        .iter()
+        .map(|at| at.saturating_duration_since(won_at))
+        .collect();
+    eprintln!("hedge losers cancelled at the server {delays:?} after the winner's response");
+    // Correctness with a generous bound, not a speed claim: a loser that lingered until its own
+    // 10 s sleep ended would show here.
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_secs(1)),
+        "{delays:?}"
+    );
+}

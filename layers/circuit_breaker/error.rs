@@ -20,7 +20,7 @@ pub struct CircuitOpen {
 }
 
 impl CircuitOpen {
-    pub(super) fn new(
+    pub(crate) fn new(
         scope: Arc<str>,
         state: CircuitState,
         next_probe_at: Option<Instant>,

@@ -247,10 +247,7 @@ where
                 None,
             );
         };
-        let current = req
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(|c| c.deadline());
+        let current = RequestContext::of(&req).deadline();
         let deadline = match current {
             Some(deadline) if outer.from_caller => deadline,
             _ => Deadline::after(self.timeout.min(outer.settings.max_timeout)),
@@ -295,12 +292,7 @@ where
             state: State::Refused,
         };
     }
-    let ctx = req
-        .extensions()
-        .get::<RequestContext>()
-        .copied()
-        .unwrap_or_default()
-        .with_deadline(Some(deadline));
+    let ctx = RequestContext::of(&req).with_deadline(Some(deadline));
     req.extensions_mut().insert(ctx);
     let future = ctx.sync_scope(|| inner.call(req));
     let timer = (settings.cancel_on_expiry || shared_expiry.is_some())

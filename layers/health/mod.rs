@@ -55,6 +55,11 @@ use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::error::BoxError;
+
+/// How long a `/readyz` result is reused before the checks run again.
+pub const PROBE_CACHE: Duration = Duration::from_secs(1);
+
+type RecentProbe = Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Readiness)>>>;
 use crate::shutdown::Shutdown;
 
 #[cfg(test)]
@@ -163,11 +168,36 @@ impl Health {
         }
     }
 
+    /// Readiness for a probe: fresh while draining, else the last result if recent enough.
+    async fn probe(&self, recent: &RecentProbe) -> Readiness {
+        if self.shutdown.as_ref().is_some_and(Shutdown::is_draining) {
+            return self.readiness().await;
+        }
+        // Held across the checks: concurrent probes wait for one run instead of starting many.
+        let mut recent = recent.lock().await;
+        if let Some((at, readiness)) = recent.as_ref() {
+            if at.elapsed() < PROBE_CACHE {
+                return readiness.clone();
+            }
+        }
+        let readiness = self.readiness().await;
+        for failure in &readiness.failures {
+            tracing::warn!(check = %failure.name, reason = %failure.reason, "readiness check failed");
+        }
+        *recent = Some((tokio::time::Instant::now(), readiness.clone()));
+        readiness
+    }
+
     /// A router serving [`LIVENESS_PATH`] and [`READINESS_PATH`], to `merge` into the app.
+    ///
+    /// The probe endpoint is public and sits outside load shedding, so its checks run at most
+    /// once per [`PROBE_CACHE`]: probes in that time share the last result, and probes that
+    /// arrive while the checks run wait for that one run. Draining is never cached.
     pub fn router<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
+        let recent: RecentProbe = Arc::default();
         Router::new()
             .route(
                 LIVENESS_PATH,
@@ -176,8 +206,8 @@ impl Health {
             .route(
                 READINESS_PATH,
                 get(move || {
-                    let health = self.clone();
-                    async move { health.readiness().await.into_response() }
+                    let (health, recent) = (self.clone(), recent.clone());
+                    async move { health.probe(&recent).await.into_response() }
                 }),
             )
     }
@@ -230,7 +260,19 @@ impl IntoResponse for Readiness {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        no_store((status, self.to_string()))
+        // The public answer names the failing checks; their errors, which can reveal internals
+        // (hosts, credentials in URLs), go to the log instead.
+        let body = if self.draining {
+            "not ready: draining\n".to_string()
+        } else if self.failures.is_empty() {
+            "ready\n".to_string()
+        } else {
+            self.failures
+                .iter()
+                .map(|f| format!("not ready: {}\n", f.name))
+                .collect()
+        };
+        no_store((status, body))
     }
 }
 

@@ -51,15 +51,55 @@ async fn readiness_without_checks_is_ready_until_draining() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failing_check_makes_the_instance_unready_with_its_reason() {
+async fn a_failing_check_makes_the_instance_unready_naming_it_but_not_its_error() {
     let health = Health::new()
         .check("ok", Duration::from_secs(1), || async { Ok(()) })
         .check("database", Duration::from_secs(1), || async {
-            Err::<(), BoxError>("circuit breaker open".into())
+            Err::<(), BoxError>("cannot reach postgres://admin:secret@10.0.0.5".into())
         });
+    // The reason is for the operator (the log, `readiness()`), not for the public endpoint.
+    let readiness = health.readiness().await;
+    assert_eq!(
+        readiness.failures[0].reason,
+        "cannot reach postgres://admin:secret@10.0.0.5"
+    );
     let (status, body, _) = probe(health.router(), "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "not ready: database: circuit breaker open\n");
+    assert_eq!(body, "not ready: database\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_within_a_second_share_one_run_of_the_checks() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let router: Router = Health::new()
+        .check("counted", Duration::from_secs(1), move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(())
+            }
+        })
+        .router();
+    // Ten probes at once, then ten more within the second: one run of the checks.
+    let burst: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(probe(router.clone(), "/readyz")))
+        .collect();
+    for probe in burst {
+        assert_eq!(probe.await.unwrap().0, StatusCode::OK);
+    }
+    for _ in 0..10 {
+        assert_eq!(probe(router.clone(), "/readyz").await.0, StatusCode::OK);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    tokio::time::advance(super::PROBE_CACHE).await;
+    probe(router, "/readyz").await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the checks run again after a second"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -85,7 +125,7 @@ async fn a_panicking_check_fails_without_taking_the_probe_down() {
     });
     let (status, body, _) = probe(health.router(), "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "not ready: buggy: panicked\n");
+    assert_eq!(body, "not ready: buggy\n");
 }
 
 #[tokio::test(start_paused = true)]

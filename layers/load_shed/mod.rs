@@ -110,6 +110,10 @@ enum RouteKey {
 
 /// Sheds load by priority and refuses requests that cannot finish in time.
 ///
+/// Clones share one limit and one set of counters, so that `Router::layer` (which wraps each
+/// route separately) still limits the whole server. Configure the layer fully before cloning
+/// or using it: a setting applied to a layer already shared starts a new, separate limit.
+///
 /// See the [module docs](self) for the behaviour and an example.
 #[derive(Clone)]
 pub struct LoadShedLayer {
@@ -146,7 +150,12 @@ const PROBE_EVERY: u64 = 16;
 struct RouteEstimate {
     nanos: AtomicU64,
     refusals: AtomicU64,
+    samples: AtomicU64,
 }
+
+/// Samples a route needs before its estimate may refuse anyone: one cold first request (caches
+/// empty after a deploy) must not shut out every caller with less time than it took.
+const MIN_SAMPLES: u64 = 5;
 
 impl RouteEstimate {
     /// Counts a refusal; true when this one should be admitted as a probe instead.
@@ -155,6 +164,9 @@ impl RouteEstimate {
     }
 
     fn get(&self) -> Option<Duration> {
+        if self.samples.load(Ordering::Relaxed) < MIN_SAMPLES {
+            return None;
+        }
         match self.nanos.load(Ordering::Relaxed) {
             0 => None,
             n => Some(Duration::from_nanos(n)),
@@ -164,6 +176,7 @@ impl RouteEstimate {
     fn record(&self, sample: Duration) {
         // Nanoseconds in a u64 last 584 years; saturate rather than wrap, and keep 0 for "none".
         let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.samples.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .nanos
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
@@ -466,11 +479,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .copied()
-            .unwrap_or_default();
+        let ctx = RequestContext::of(&req);
         let priority = ctx.priority();
 
         let route = shared.route(&req);

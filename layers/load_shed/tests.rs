@@ -251,9 +251,19 @@ async fn refuses_a_deadline_shorter_than_the_routes_typical_time() {
     let calls = inner.calls.clone();
     let svc = layer.layer(inner);
 
-    // The first request teaches the layer that the route takes 100 ms.
+    // One sample is not enough to refuse anyone: a cold first request proves little.
     let res = status(&svc, slow_request()).await;
     assert_eq!(res.status(), StatusCode::OK);
+    let res = status(
+        &svc,
+        request(Priority::High, Some(Duration::from_millis(50)), &[]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK, "one sample refuses nobody");
+    // Five teach the layer that the route takes 100 ms.
+    for _ in 1..MIN_SAMPLES {
+        status(&svc, slow_request()).await;
+    }
 
     let res = status(
         &svc,
@@ -265,7 +275,7 @@ async fn refuses_a_deadline_shorter_than_the_routes_typical_time() {
     assert!(!res.headers().contains_key(http::header::RETRY_AFTER));
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        1,
+        MIN_SAMPLES as usize + 1,
         "refused before the handler"
     );
 
@@ -287,7 +297,9 @@ async fn refuses_a_deadline_shorter_than_the_routes_typical_time() {
 async fn one_in_sixteen_deadline_refusals_goes_through_as_a_probe() {
     let layer = one_route();
     let svc = layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0)))));
-    status(&svc, slow_request()).await;
+    for _ in 0..MIN_SAMPLES {
+        status(&svc, slow_request()).await;
+    }
 
     let mut admitted = 0;
     for _ in 0..32 {
@@ -311,12 +323,14 @@ async fn the_route_table_is_bounded() {
         .route_key(|_method, uri| Some(uri.path().to_string()));
     let svc = layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0)))));
     for path in ["/a", "/b"] {
-        let mut slow = Request::get(path)
-            .header("sleep-ms", "100")
-            .body(())
-            .unwrap();
-        slow.extensions_mut().insert(RequestContext::default());
-        status(&svc, slow).await;
+        for _ in 0..MIN_SAMPLES {
+            let mut slow = Request::get(path)
+                .header("sleep-ms", "100")
+                .body(())
+                .unwrap();
+            slow.extensions_mut().insert(RequestContext::default());
+            status(&svc, slow).await;
+        }
     }
     assert_eq!(layer.shared.routes.read().unwrap().len(), 1);
     let short = |path: &str| {
@@ -339,7 +353,9 @@ async fn the_route_table_is_bounded() {
 async fn deadline_admission_can_be_turned_off() {
     let layer = one_route().deadline_admission(false);
     let svc = layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0)))));
-    status(&svc, slow_request()).await;
+    for _ in 0..MIN_SAMPLES {
+        status(&svc, slow_request()).await;
+    }
     let res = status(
         &svc,
         request(Priority::Normal, Some(Duration::from_millis(50)), &[]),
@@ -352,7 +368,9 @@ async fn deadline_admission_can_be_turned_off() {
 async fn the_estimate_is_a_moving_average() {
     let estimate = RouteEstimate::default();
     assert_eq!(estimate.get(), None);
-    estimate.record(Duration::from_millis(100));
+    for _ in 0..MIN_SAMPLES {
+        estimate.record(Duration::from_millis(100));
+    }
     assert_eq!(estimate.get(), Some(Duration::from_millis(100)));
     estimate.record(Duration::from_millis(200));
     assert_eq!(estimate.get(), Some(Duration::from_millis(120)));

@@ -171,18 +171,17 @@ struct Recording {
     breaker: bool,
 }
 
-/// A recording's status label: the response's code, or a fixed label. A code is kept as is
-/// and read with `StatusCode::as_str` when recorded, so no label is allocated per request.
+/// How a call or attempt ended, kept as-is until it is recorded: no text is made per request.
 enum Status {
     Code(http::StatusCode),
-    Label(&'static str),
+    Failed(&'static str),
 }
 
 impl Status {
     fn as_str(&self) -> &str {
         match self {
             Status::Code(code) => code.as_str(),
-            Status::Label(label) => label,
+            Status::Failed(label) => label,
         }
     }
 }
@@ -279,7 +278,8 @@ where
             method: method_label(req.method()),
             path,
             started: Instant::now(),
-            status: Status::Label("499"),
+            // Until an outcome arrives: a call dropped unanswered is recorded as 499.
+            status: Status::Failed("499"),
             breaker: false,
         };
         ClientMetricsFuture {
@@ -318,14 +318,13 @@ where
         if let Some(mut recording) = this.recording.take() {
             match &result {
                 Ok(response) => {
-                    let status = response.status();
-                    recording.status = Status::Code(status);
+                    recording.status = Status::Code(response.status());
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
                 }
                 Err(error) => {
                     let status = error_status(error.as_ref());
                     recording.breaker = status == "circuit_open";
-                    recording.status = Status::Label(status);
+                    recording.status = Status::Failed(status);
                 }
             }
         }

@@ -17,7 +17,8 @@
 //! when a deadline or timeout ended it, or `circuit_open` (with `circuit_breaker="true"`) when a
 //! breaker refused it; a call dropped by its caller, `499`.
 //! [`register_strategy`] exposes the strategy layer's retry, hedge and budget counters, and
-//! [`register_circuit_breaker`] the breakers' states and refusals.
+//! [`register_circuit_breaker`] the breakers' states and refusals; on the server side,
+//! [`register_load_shed`] what load shedding refused and why.
 //!
 //! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
 //! reproduces aio-request's names, labels and buckets exactly.
@@ -64,6 +65,8 @@ mod breaker;
 mod client;
 mod exposition;
 mod labels;
+#[cfg(feature = "load-shed")]
+mod load_shed;
 mod names;
 mod server;
 #[cfg(feature = "strategy")]
@@ -78,6 +81,8 @@ pub use client::{ClientMetrics, ClientMetricsFuture, ClientMetricsLayer, ClientM
 #[cfg(feature = "axum")]
 pub use exposition::route;
 pub use exposition::{render, response};
+#[cfg(feature = "load-shed")]
+pub use load_shed::register_load_shed;
 pub use names::MetricNames;
 pub use server::{
     MeteredBody, ServerMetrics, ServerMetricsFuture, ServerMetricsLayer, ServerMetricsService,

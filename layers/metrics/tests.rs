@@ -158,3 +158,25 @@ async fn registering_twice_in_one_registry_is_an_error_not_a_panic() {
     ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
     assert!(ServerMetrics::register(&registry, MetricsConfig::default()).is_err());
 }
+
+#[tokio::test]
+async fn an_inner_error_is_recorded_as_500() {
+    use tower::Layer;
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    let failing = tower::service_fn(|_req: Request<Body>| async {
+        Err::<http::Response<Body>, _>(std::io::Error::other("handler failed"))
+    });
+    let mut request = Request::get("/broken").body(Body::empty()).unwrap();
+    request
+        .extensions_mut()
+        .insert(crate::context::RouteTemplate::new("/broken"));
+    let result = server.layer().layer(failing).oneshot(request).await;
+    assert!(result.is_err());
+    let text = render(&registry).unwrap();
+    assert!(
+        text.contains(r#"client="unknown",method="GET",route="/broken",status="500"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("http_server_active_requests 0"));
+}

@@ -124,12 +124,7 @@ where
                 .and_then(headers::parse_priority)
                 .unwrap_or(self.layer.default)
         });
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .copied()
-            .unwrap_or_default()
-            .with_priority(priority);
+        let ctx = RequestContext::of(&req).with_priority(priority);
         req.extensions_mut().insert(ctx);
         let future = ctx.sync_scope(|| self.inner.call(req));
         ctx.scope(future)

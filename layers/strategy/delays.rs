@@ -3,6 +3,9 @@ use std::time::Duration;
 
 use super::percentile::{LatencyKey, PercentileDelays};
 
+/// The longest delay computed, about thirty years: jitter multiplies it, and must not overflow.
+const LONGEST: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// How long to wait before an attempt.
 ///
 /// For a sequential strategy it is the pause before retry `k` (k = 1 for the first retry); for a
@@ -152,8 +155,10 @@ impl Delays {
     }
 
     pub(crate) fn delay_for(&self, k: u32, key: Option<&LatencyKey>) -> Duration {
-        let doubling =
-            |base: Duration| base.saturating_mul(2u32.saturating_pow(k.saturating_sub(1)));
+        let doubling = |base: Duration| {
+            base.saturating_mul(2u32.saturating_pow(k.saturating_sub(1)))
+                .min(LONGEST)
+        };
         match &self.kind {
             Kind::Constant(d) => *d,
             Kind::Linear {
@@ -161,7 +166,10 @@ impl Delays {
                 multiplier,
                 jitter,
             } => {
-                let d = min.saturating_add(multiplier.saturating_mul(k));
+                // Capped before scaling: `mul_f64` panics past `Duration::MAX`.
+                let d = min
+                    .saturating_add(multiplier.saturating_mul(k))
+                    .min(LONGEST);
                 d.mul_f64(1.0 + jitter * (2.0 * fastrand::f64() - 1.0))
             }
             // Jitter first, then the cap: a capped delay is exactly the cap, as the guide has it.

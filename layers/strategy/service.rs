@@ -357,7 +357,7 @@ where
         // each readied on its own.
         let planned = planned_attempts(&strategy);
         let (request, attempt_deadline) = attempts.request(first_body, planned);
-        let first = attempts.track(self.inner.call(request), attempt_deadline);
+        let first = attempts.track(self.inner.call(request), attempt_deadline, Duration::ZERO);
         StrategyFuture {
             kind: Kind::Many {
                 future: Box::pin(async move {
@@ -370,6 +370,29 @@ where
                 }),
             },
         }
+    }
+}
+
+/// `start + delay`, capped far in the future instead of overflowing the clock: a delay of
+/// `Duration::MAX` is a fair way to say "never".
+fn instant_after(start: Instant, delay: Duration) -> Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+    start
+        .checked_add(delay.min(FAR_FUTURE))
+        .unwrap_or(start + FAR_FUTURE)
+}
+
+/// Whether an outcome is a circuit breaker's refusal rather than the destination's answer.
+fn is_breaker_refusal<R>(outcome: &Outcome<R>) -> bool {
+    match outcome {
+        Ok(response) => response.headers().contains_key(headers::X_CIRCUIT_BREAKER),
+        #[cfg(feature = "circuit-breaker")]
+        Err(error) => {
+            crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error.as_ref())
+                .is_some()
+        }
+        #[cfg(not(feature = "circuit-breaker"))]
+        Err(_) => false,
     }
 }
 
@@ -407,9 +430,11 @@ impl Template {
             (None, Some(authority)) => authority.to_string(),
             _ => String::new(),
         };
+        // Never the raw path: ids in it would make every request a new key, and no key would
+        // ever hold enough observations. Without a template the destination is the key.
         let route = match self.extensions.get::<RouteTemplate>() {
             Some(route) => route.as_str().to_owned(),
-            None => self.uri.path().to_owned(),
+            None => String::new(),
         };
         LatencyKey::new(destination, route)
     }
@@ -420,6 +445,8 @@ struct Attempted<R> {
     number: u32,
     latency: Duration,
     outcome: Outcome<R>,
+    /// The attempt's span; the verdict is recorded on it once judged.
+    span: tracing::Span,
 }
 
 /// The state of one request's attempts.
@@ -481,6 +508,7 @@ where
         &mut self,
         future: F,
         own_deadline: Option<Deadline>,
+        delay: Duration,
     ) -> BoxFuture<Attempted<ResBody>>
     where
         F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -488,7 +516,13 @@ where
     {
         let number = self.launched;
         self.launched += 1;
-        let span = tracing::debug_span!("attempt", number);
+        let span = tracing::debug_span!(
+            "attempt",
+            number,
+            delay_ms = delay.as_millis() as u64,
+            verdict = tracing::field::Empty,
+        );
+        let attempt_span = span.clone();
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -506,6 +540,7 @@ where
                     number,
                     latency: started.elapsed(),
                     outcome,
+                    span: attempt_span,
                 }
             }
             .instrument(span),
@@ -514,11 +549,31 @@ where
 
     /// Starts another attempt on a fresh clone of the service, or `None` when the body can no
     /// longer be replayed.
-    fn start(&mut self, attempts_left: u32) -> Option<BoxFuture<Attempted<ResBody>>> {
-        let Some(body) = self.replay.replay() else {
+    fn start(
+        &mut self,
+        attempts_left: u32,
+        delay: Duration,
+    ) -> Option<BoxFuture<Attempted<ResBody>>> {
+        let body = self.replay_body()?;
+        Some(self.send(body, attempts_left, delay))
+    }
+
+    /// A fresh copy of the request body, or `None` once it has outgrown the replay buffer.
+    fn replay_body(&self) -> Option<ReplayBody<B>> {
+        let body = self.replay.replay();
+        if body.is_none() {
             tracing::debug!("request body outgrew the replay buffer: no further attempts");
-            return None;
-        };
+        }
+        body
+    }
+
+    /// Sends another attempt with `body` on a fresh clone of the service.
+    fn send(
+        &mut self,
+        body: ReplayBody<B>,
+        attempts_left: u32,
+        delay: Duration,
+    ) -> BoxFuture<Attempted<ResBody>> {
         let (request, own_deadline) = self.request(body, attempts_left);
         let mut service = self.service.clone();
         let future = async move {
@@ -527,7 +582,7 @@ where
                 .map_err(Into::into)?;
             service.call(request).await.map_err(Into::into)
         };
-        Some(self.track::<_, BoxError>(future, own_deadline))
+        self.track::<_, BoxError>(future, own_deadline, delay)
     }
 
     /// Whether an extra attempt may start after waiting `wait`: time, body and budget allowing.
@@ -568,13 +623,16 @@ where
             Ok(response) => classifier.classify_response(response.status(), response.headers()),
             Err(error) => classifier.classify_error(error.as_ref()),
         };
-        tracing::debug!(
-            number = attempted.number,
-            latency = ?attempted.latency,
-            ?verdict,
-            status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
-            "attempt finished"
-        );
+        attempted
+            .span
+            .record("verdict", tracing::field::debug(&verdict));
+        attempted.span.in_scope(|| {
+            tracing::debug!(
+                latency = ?attempted.latency,
+                status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
+                "attempt finished"
+            )
+        });
         if verdict == Verdict::Accept {
             if let (Some(tracker), Some(key)) = (&self.tracker, &self.latency_key) {
                 tracker.record(key, attempted.latency);
@@ -657,10 +715,14 @@ where
             if !self.may_start_extra(wait, "retry") {
                 break;
             }
-            tokio::time::sleep(wait).await;
-            let Some(next) = self.start(attempts - k) else {
+            let Some(body) = self.replay_body() else {
                 break;
             };
+            // Committed to another attempt: let the rejected response go before the wait, so
+            // that its connection returns to the pool instead of idling through the backoff.
+            drop(outcome);
+            tokio::time::sleep(wait).await;
+            let next = self.send(body, attempts - k, wait);
             bump(&self.config.stats.retries);
             let done = next.await;
             (outcome, verdict, _) = self.judge(done);
@@ -675,10 +737,16 @@ where
         first: BoxFuture<Attempted<ResBody>>,
     ) -> (Outcome<ResBody>, Verdict) {
         let started = Instant::now();
+        // Attempt numbers run on across rounds of `until_deadline`: this round's first is here.
+        let first_number = self.launched.saturating_sub(1);
         let mut in_flight = vec![first];
         let mut launched = 1;
-        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1)
-            .then(|| Box::pin(tokio::time::sleep_until(started + self.delay(delays, 1))));
+        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1).then(|| {
+            Box::pin(tokio::time::sleep_until(instant_after(
+                started,
+                self.delay(delays, 1),
+            )))
+        });
         let mut last_rejected = None;
         loop {
             let event = poll_fn(|cx| {
@@ -697,8 +765,20 @@ where
             match event {
                 Event::Done(done) => {
                     let (outcome, verdict, number) = self.judge(done);
+                    if verdict == Verdict::Accept
+                        && !in_flight.is_empty()
+                        && is_breaker_refusal(&outcome)
+                    {
+                        // A hedge refused by the breaker must not end the race: an attempt in
+                        // flight may be the breaker's probe, and only its answer can close it.
+                        // Keep the refusal as the fallback and start nothing more.
+                        last_rejected = Some((outcome, verdict));
+                        launched = attempts;
+                        next = None;
+                        continue;
+                    }
                     if verdict == Verdict::Accept {
-                        if number > 0 {
+                        if number > first_number {
                             bump(&self.config.stats.hedge_wins);
                             tracing::debug!(number, "hedged attempt won");
                         }
@@ -717,7 +797,10 @@ where
                     let scheduled = next.as_ref().map(|sleep| sleep.deadline());
                     let at = match (pushback, in_flight.is_empty()) {
                         // The server asked for a pause: no attempt before it is over.
-                        (Some(wait), _) => scheduled.map_or(now + wait, |s| s.max(now + wait)),
+                        (Some(wait), _) => {
+                            let after = instant_after(now, wait);
+                            scheduled.map_or(after, |s| s.max(after))
+                        }
                         // Everything in flight failed: the next attempt need not wait its turn.
                         (None, true) => now,
                         (None, false) => continue,
@@ -727,14 +810,15 @@ where
                 Event::StartNext => {
                     next = None;
                     if self.may_start_extra(Duration::ZERO, "hedge") {
-                        if let Some(attempt) = self.start(attempts - launched) {
+                        let since_first = started.elapsed();
+                        if let Some(attempt) = self.start(attempts - launched, since_first) {
                             bump(&self.config.stats.hedges);
                             tracing::debug!(number = launched, "hedged attempt started");
                             in_flight.push(attempt);
                             launched += 1;
                             if launched < attempts {
-                                let at =
-                                    (started + self.delay(delays, launched)).max(Instant::now());
+                                let at = instant_after(started, self.delay(delays, launched))
+                                    .max(Instant::now());
                                 next = Some(Box::pin(tokio::time::sleep_until(at)));
                             }
                             continue;
@@ -767,7 +851,7 @@ where
                 break;
             }
             tokio::time::sleep(wait).await;
-            let Some(first) = self.start(planned_attempts(inner)) else {
+            let Some(first) = self.start(planned_attempts(inner), wait) else {
                 break;
             };
             bump(&self.config.stats.retries);

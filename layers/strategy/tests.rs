@@ -536,3 +536,71 @@ async fn a_per_request_strategy_overrides_the_layer() {
 }
 
 use tower::Service;
+
+#[tokio::test(start_paused = true)]
+async fn absurd_delays_do_not_overflow_the_clock() {
+    // `Duration::MAX` as a hedge delay means "never hedge; next attempt only when one fails".
+    let backend = Backend::default();
+    let svc = StrategyLayer::new()
+        .budget(None)
+        .strategy(Strategy::parallel(3, Delays::constant(Duration::MAX)))
+        .layer(backend.service(vec![Answer(10, 503, &[]), Answer(10, 200, &[])]));
+    let response = svc.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(backend.calls(), 2);
+    for delays in [
+        Delays::linear(Duration::MAX, Duration::MAX),
+        Delays::exponential(Duration::MAX, Duration::MAX),
+        Delays::full_jitter(Duration::MAX, Duration::MAX),
+    ] {
+        // Capped at about thirty years, jitter on top; the point is that nothing panics.
+        assert!(delays.delay(u32::MAX) <= Duration::from_secs(86_400 * 365 * 61));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_refused_by_the_breaker_does_not_end_the_race() {
+    // Attempt 0 is slow but will succeed (say, the breaker's probe); the hedge is refused at once
+    // by a breaker (a 502 carrying X-Circuit-Breaker and X-Do-Not-Retry, which classify as final).
+    let backend = Backend::default();
+    let svc = parallel(2, 50).layer(backend.service(vec![
+        Answer(300, 200, &[]),
+        Answer(
+            0,
+            502,
+            &[("x-circuit-breaker", "1"), ("x-do-not-retry", "1")],
+        ),
+    ]));
+    let response = svc.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the real answer wins");
+    assert_eq!(response.body(), "call 0");
+    assert_eq!(backend.cancelled(), 0, "the slow attempt was not dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_wins_count_only_hedges_in_later_rounds() {
+    // until_deadline of parallel rounds: round 1 fails fast; round 2's first attempt wins.
+    let backend = Backend::default();
+    let layer = StrategyLayer::new()
+        .budget(None)
+        .strategy(Strategy::until_deadline(
+            Strategy::parallel(2, Delays::constant(ms(1_000))),
+            Delays::constant(ms(10)),
+        ));
+    let svc = layer.layer(backend.service(vec![
+        Answer(0, 503, &[]),
+        Answer(0, 503, &[]),
+        Answer(0, 200, &[]),
+    ]));
+    let mut request = get();
+    request
+        .extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(5)));
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        layer.stats().snapshot().hedge_wins,
+        0,
+        "a round's first attempt is no hedge"
+    );
+}
