@@ -14,7 +14,13 @@
 //! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
 //! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout;
 //! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
-//!   destination is refused at once, until one probe shows it has recovered.
+//!   destination is refused at once, until one probe shows it has recovered;
+//! - **Prometheus metrics** ([`metrics`]) for servers and clients, with aio-request's names as a
+//!   preset.
+//!
+//! The presets assemble them in the right order: [`server::Server`] wraps an axum `Router` in the
+//! whole server stack; [`client::Client`] is a hyper-util pooled client inside the whole client
+//! stack. The README explains the order of both stacks.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
