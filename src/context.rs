@@ -41,9 +41,16 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 
 /// About thirty years: tokio's own stand-in for "never". `Instant + Duration` panics on overflow,
-/// so every deadline computed from a caller's number goes through [`Deadline::after`], which caps
-/// at this instead.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+/// so every instant computed from a caller's or a user's number goes through [`instant_after`],
+/// which caps at this instead.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `start + delay`, capped about thirty years ahead instead of overflowing the clock.
+pub(crate) fn instant_after(start: Instant, delay: Duration) -> Instant {
+    start
+        .checked_add(delay.min(FAR_FUTURE))
+        .unwrap_or(start + FAR_FUTURE)
+}
 
 /// An absolute point in time by which a request must be answered.
 ///
@@ -73,9 +80,7 @@ impl Deadline {
     /// A deadline `timeout` from now. An absurdly long timeout is capped at about thirty years
     /// instead of overflowing the clock.
     pub fn after(timeout: Duration) -> Self {
-        let now = Instant::now();
-        let timeout = timeout.min(FAR_FUTURE);
-        Deadline(now.checked_add(timeout).unwrap_or(now + FAR_FUTURE))
+        Deadline(instant_after(Instant::now(), timeout))
     }
 
     /// A deadline at the given instant.

@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::percentile::{LatencyKey, PercentileDelays};
 
-/// The longest delay computed, about thirty years: jitter multiplies it, and must not overflow.
-const LONGEST: Duration = Duration::from_secs(86_400 * 365 * 30);
+/// The longest delay computed: jitter multiplies it, and must not overflow.
+const LONGEST: Duration = crate::context::FAR_FUTURE;
 
 /// How long to wait before an attempt.
 ///

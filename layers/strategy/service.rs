@@ -17,7 +17,8 @@ use tracing::Instrument;
 use super::{Delays, LatencyKey, MethodStrategies, PercentileDelays, RetryBudget, Strategy};
 use crate::body::{Replay, ReplayBody, DEFAULT_REPLAY_CAP};
 use crate::classify::{Classify, DefaultClassifier, Verdict};
-use crate::context::{Deadline, RequestContext, RouteTemplate};
+// A delay of `Duration::MAX` is a fair way to say "never": instants are capped, not overflowed.
+use crate::context::{instant_after, Deadline, RequestContext, RouteTemplate};
 use crate::deadline::DeadlineExceeded;
 use crate::error::BoxError;
 use crate::headers;
@@ -371,15 +372,6 @@ where
             },
         }
     }
-}
-
-/// `start + delay`, capped far in the future instead of overflowing the clock: a delay of
-/// `Duration::MAX` is a fair way to say "never".
-fn instant_after(start: Instant, delay: Duration) -> Instant {
-    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-    start
-        .checked_add(delay.min(FAR_FUTURE))
-        .unwrap_or(start + FAR_FUTURE)
 }
 
 /// Whether an outcome is a circuit breaker's refusal rather than the destination's answer.
