@@ -56,8 +56,8 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
 use crate::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer, CircuitBreakerSettings};
-use crate::context::{Deadline, Priority, RequestContext, RouteTemplate};
-use crate::deadline::ClientDeadlineLayer;
+use crate::context::{Deadline, Priority, RouteTemplate};
+use crate::deadline::{effective_deadline, ClientDeadlineLayer};
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
 use crate::propagation::PropagateLayer;
@@ -444,14 +444,11 @@ impl Client {
     /// The call's deadline also bounds reading the body with [`ClientResponse::bytes`],
     /// [`text`](ClientResponse::text) and [`json`](ClientResponse::json): a server that sends
     /// its head in time and then trickles the body cannot hold the caller past the deadline.
-    pub async fn send(&self, request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
-        // The same deadline the deadline layer fixes: explicit, inherited, or the default.
-        let explicit = request.extensions().get::<Deadline>().copied();
-        let inherited = RequestContext::current().and_then(|c| c.deadline());
-        let deadline = [explicit, inherited]
-            .into_iter()
-            .flatten()
-            .fold(Deadline::after(self.default_timeout), Deadline::earliest);
+    pub async fn send(&self, mut request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
+        // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
+        // and the reading of its body work to the same instant.
+        let deadline = effective_deadline(request.extensions(), self.default_timeout);
+        request.extensions_mut().insert(deadline);
         let allowed = deadline.remaining();
         let response = self.stack.clone().oneshot(request).await?;
         Ok(ClientResponse {

@@ -15,6 +15,20 @@ use crate::context::{Deadline, RequestContext};
 use crate::error::BoxError;
 use crate::headers;
 
+/// The deadline of an outbound call: the earliest of an explicit [`Deadline`] in its extensions,
+/// the inherited context deadline, and `default_timeout` from now.
+pub(crate) fn effective_deadline(
+    extensions: &http::Extensions,
+    default_timeout: Duration,
+) -> Deadline {
+    let explicit = extensions.get::<Deadline>().copied();
+    let inherited = RequestContext::current().and_then(|c| c.deadline());
+    [explicit, inherited]
+        .into_iter()
+        .flatten()
+        .fold(Deadline::after(default_timeout), Deadline::earliest)
+}
+
 /// What [`ClientDeadline`] gives its caller when time runs out, before or after sending.
 pub trait OnExpiry<B>: Clone {
     /// Turns the exceeded deadline into the call's outcome.
@@ -192,12 +206,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let explicit = req.extensions().get::<Deadline>().copied();
-        let inherited = RequestContext::current().and_then(|c| c.deadline());
-        let deadline = [explicit, inherited].into_iter().flatten().fold(
-            Deadline::after(self.layer.default_timeout),
-            Deadline::earliest,
-        );
+        let deadline = effective_deadline(req.extensions(), self.layer.default_timeout);
         let left = deadline.remaining();
         let on_expiry = self.layer.on_expiry.clone();
         if left < self.layer.low_time_threshold {

@@ -68,6 +68,8 @@ mod server;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "client")]
+pub(crate) use client::effective_deadline;
 pub use client::{
     ClientDeadline, ClientDeadlineFuture, ClientDeadlineLayer, OnExpiry, Respond408, ReturnError,
 };
