@@ -66,6 +66,8 @@ pub mod error;
 pub mod headers;
 
 mod builder;
+#[cfg(any(feature = "metrics", feature = "strategy", feature = "circuit-breaker"))]
+mod destination;
 #[cfg(test)]
 mod test_util;
 pub use builder::ServiceBuilderExt;

@@ -88,18 +88,7 @@ pub struct ByDestination;
 
 impl<B> ScopeBy<B> for ByDestination {
     fn scope(&self, request: &Request<B>, scope: &mut String) {
-        let uri = request.uri();
-        let authority = uri.authority().map(|a| a.as_str()).or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        if let Some(authority) = authority {
-            scope.push_str(uri.scheme_str().unwrap_or("http"));
-            scope.push_str("://");
-            scope.push_str(authority);
-        }
+        crate::destination::write_destination(request.uri(), request.headers(), scope);
     }
 }
 

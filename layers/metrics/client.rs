@@ -219,12 +219,13 @@ impl Drop for Recording {
     }
 }
 
+/// The endpoint label: the same destination a breaker scope names, or `unknown`.
 fn endpoint_label<B>(req: &Request<B>) -> String {
-    match (req.uri().scheme_str(), req.uri().authority()) {
-        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-        (None, Some(authority)) => authority.to_string(),
-        _ => String::from("unknown"),
+    let mut label = String::new();
+    if !crate::destination::write_destination(req.uri(), req.headers(), &mut label) {
+        label.push_str("unknown");
     }
+    label
 }
 
 /// The status label of a call that ended in an error: `circuit_open` when a breaker refused it,

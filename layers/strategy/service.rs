@@ -417,11 +417,8 @@ struct Template {
 
 impl Template {
     fn latency_key(&self) -> LatencyKey {
-        let destination = match (self.uri.scheme_str(), self.uri.authority()) {
-            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-            (None, Some(authority)) => authority.to_string(),
-            _ => String::new(),
-        };
+        let mut destination = String::new();
+        crate::destination::write_destination(&self.uri, &self.headers, &mut destination);
         // Never the raw path: ids in it would make every request a new key, and no key would
         // ever hold enough observations. Without a template the destination is the key.
         let route = match self.extensions.get::<RouteTemplate>() {
