@@ -1,11 +1,10 @@
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry};
@@ -153,7 +152,9 @@ impl Route {
 /// with 499 if the caller went away before an answer (as aio-request does).
 struct Recording {
     instruments: Arc<Instruments>,
-    client: Cow<'static, str>,
+    /// The caller's well-formed `X-Service-Name`: a shared handle on the request's bytes, made
+    /// into the label (lowercased if need be) only when the request is recorded.
+    client: Option<HeaderValue>,
     method: &'static str,
     route: Route,
     started: Instant,
@@ -170,12 +171,16 @@ impl Drop for Recording {
         let status = self
             .status
             .unwrap_or_else(|| StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("valid code"));
-        let mut labels = [
-            &*self.client,
-            self.method,
-            self.route.as_str(),
-            status.as_str(),
-        ];
+        let lowercased;
+        let client = match self.client.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                lowercased = name.to_ascii_lowercase();
+                lowercased.as_str()
+            }
+            Some(name) => name,
+            None => "unknown",
+        };
+        let mut labels = [client, self.method, self.route.as_str(), status.as_str()];
         if !instruments.labels.admit(&labels) {
             instruments.overflow.inc();
             labels[0] = OTHER;
@@ -188,18 +193,12 @@ impl Drop for Recording {
     }
 }
 
-fn client_label<B>(req: &Request<B>) -> Cow<'static, str> {
-    match req
-        .headers()
+/// The caller's `X-Service-Name`, if well formed (label-safe text, at most 64 bytes).
+fn client_name<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers()
         .get(headers::X_SERVICE_NAME)
-        .and_then(headers::parse_service_name)
-    {
-        Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-            Cow::Owned(name.to_ascii_lowercase())
-        }
-        Some(name) => Cow::Owned(name.to_owned()),
-        None => Cow::Borrowed("unknown"),
-    }
+        .filter(|value| headers::parse_service_name(value).is_some())
+        .cloned()
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ServerMetricsService<S>
@@ -218,7 +217,7 @@ where
         self.instruments.in_flight.inc();
         let recording = Recording {
             instruments: self.instruments.clone(),
-            client: client_label(&req),
+            client: client_name(&req),
             method: method_label(req.method()),
             route: Route::of(&req),
             started: Instant::now(),
