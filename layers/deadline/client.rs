@@ -220,7 +220,10 @@ where
             };
         }
         // Layers below (strategy, attempt timeout, propagation) read the effective deadline here.
-        req.extensions_mut().insert(deadline);
+        // An explicit deadline that is already the earliest stays as it is: no second box.
+        if req.extensions().get::<Deadline>() != Some(&deadline) {
+            req.extensions_mut().insert(deadline);
+        }
         if self.layer.write_header {
             req.headers_mut()
                 .insert(headers::X_REQUEST_TIMEOUT, headers::format_timeout(left));
