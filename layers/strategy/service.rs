@@ -83,6 +83,7 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+#[derive(Clone)]
 struct Config<C> {
     methods: MethodStrategies,
     classifier: C,
@@ -97,25 +98,9 @@ struct Config<C> {
 /// Sends each request with a [`Strategy`]: one attempt, sequential retries, or hedged attempts.
 ///
 /// See the [module docs](super) for the behaviour and an example.
+#[derive(Clone)]
 pub struct StrategyLayer<C = DefaultClassifier> {
     config: Config<C>,
-}
-
-impl<C: Clone> Clone for StrategyLayer<C> {
-    fn clone(&self) -> Self {
-        StrategyLayer {
-            config: Config {
-                methods: self.config.methods.clone(),
-                classifier: self.config.classifier.clone(),
-                budget: self.config.budget.clone(),
-                max_retry_after: self.config.max_retry_after,
-                replay_cap: self.config.replay_cap,
-                attempt_deadline: self.config.attempt_deadline,
-                low_time_threshold: self.config.low_time_threshold,
-                stats: self.config.stats.clone(),
-            },
-        }
-    }
 }
 
 impl<C> fmt::Debug for StrategyLayer<C> {
