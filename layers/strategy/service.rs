@@ -328,7 +328,9 @@ where
             .get::<Deadline>()
             .copied()
             .or_else(|| RequestContext::current().and_then(|c| c.deadline()));
-        let latency_key = strategy_tracker(&strategy).map(|_| template.latency_key());
+        let tracker = strategy_tracker(&strategy).cloned();
+        // Only percentile delays learn latency: no key to build otherwise.
+        let latency_key = tracker.as_ref().map(|_| template.latency_key());
         let mut attempts = Attempts {
             service: self.inner.clone(),
             template,
@@ -336,7 +338,7 @@ where
             config: self.config.clone(),
             deadline,
             latency_key,
-            tracker: strategy_tracker(&strategy).cloned(),
+            tracker,
             launched: 0,
         };
         // The first attempt goes to the instance `poll_ready` readied; later ones to clones,
