@@ -164,6 +164,9 @@ pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
         Direct { #[pin] body: B },
+        // A body that had ended before the first attempt (most GETs): every copy is empty, and
+        // nothing needs buffering or sharing.
+        Empty { hint: SizeHint },
         Shared { reader: Reader<B> },
     }
 }
@@ -185,6 +188,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::Direct { .. } => f.write_str("ReplayBody::Direct"),
+            Inner::Empty { .. } => f.write_str("ReplayBody::Empty"),
             Inner::Shared { reader } => f
                 .debug_struct("ReplayBody::Shared")
                 .field("position", &reader.position)
@@ -195,7 +199,13 @@ impl<B> fmt::Debug for ReplayBody<B> {
 
 /// Makes further copies of a [`ReplayBody`].
 pub struct Replay<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    source: Source<B>,
+}
+
+enum Source<B> {
+    /// The body had ended before it was read: copies are empty bodies with its size hint.
+    Empty(SizeHint),
+    Shared(Arc<Mutex<Shared<B>>>),
 }
 
 impl<B> fmt::Debug for Replay<B> {
@@ -207,7 +217,10 @@ impl<B> fmt::Debug for Replay<B> {
 impl<B> Clone for Replay<B> {
     fn clone(&self) -> Self {
         Replay {
-            shared: self.shared.clone(),
+            source: match &self.source {
+                Source::Empty(hint) => Source::Empty(hint.clone()),
+                Source::Shared(shared) => Source::Shared(shared.clone()),
+            },
         }
     }
 }
@@ -215,22 +228,25 @@ impl<B> Clone for Replay<B> {
 impl<B> Replay<B> {
     /// A new copy reading from the start, or `None` once the body has outgrown the cap.
     pub fn replay(&self) -> Option<ReplayBody<B>> {
-        if lock(&self.shared).overflowed {
-            return None;
-        }
-        Some(ReplayBody {
-            inner: Inner::Shared {
+        let inner = match &self.source {
+            Source::Empty(hint) => Inner::Empty { hint: hint.clone() },
+            Source::Shared(shared) if lock(shared).overflowed => return None,
+            Source::Shared(shared) => Inner::Shared {
                 reader: Reader {
-                    shared: self.shared.clone(),
+                    shared: shared.clone(),
                     position: 0,
                 },
             },
-        })
+        };
+        Some(ReplayBody { inner })
     }
 
     /// Whether further copies can still be made.
     pub fn is_replayable(&self) -> bool {
-        !lock(&self.shared).overflowed
+        match &self.source {
+            Source::Empty(_) => true,
+            Source::Shared(shared) => !lock(shared).overflowed,
+        }
     }
 }
 
@@ -246,6 +262,18 @@ impl<B: Body> ReplayBody<B> {
     /// and the handle that makes more.
     pub fn replayable(body: B, cap: usize) -> (Self, Replay<B>) {
         let hint = body.size_hint();
+        if body.is_end_stream() {
+            // Nothing to read, so nothing to buffer: no lock and no allocation for the copies.
+            let first = ReplayBody {
+                inner: Inner::Empty { hint: hint.clone() },
+            };
+            return (
+                first,
+                Replay {
+                    source: Source::Empty(hint),
+                },
+            );
+        }
         // A body known to be larger than the cap will not be replayed; say so at once.
         let overflowed = hint.lower() > cap as u64;
         let waiters = Arc::new(WakeAll::default());
@@ -269,7 +297,12 @@ impl<B: Body> ReplayBody<B> {
                 },
             },
         };
-        (first, Replay { shared })
+        (
+            first,
+            Replay {
+                source: Source::Shared(shared),
+            },
+        )
     }
 }
 
@@ -294,6 +327,7 @@ where
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            InnerProj::Empty { .. } => Poll::Ready(None),
             InnerProj::Shared { reader } => poll_shared(&reader.shared, &mut reader.position, cx),
         }
     }
@@ -301,6 +335,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Direct { body } => body.is_end_stream(),
+            Inner::Empty { .. } => true,
             Inner::Shared { reader } => {
                 let shared = lock(&reader.shared);
                 shared.source.is_none()
@@ -313,6 +348,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Direct { body } => body.size_hint(),
+            Inner::Empty { hint } => hint.clone(),
             // Unread, a copy has the original's size: hyper sends it as Content-Length.
             Inner::Shared { reader } if reader.position == 0 => lock(&reader.shared).hint,
             Inner::Shared { .. } => SizeHint::default(),
@@ -453,6 +489,21 @@ mod tests {
         assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
         let third = replay.replay().unwrap();
         assert_eq!(third.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn an_ended_body_gives_empty_copies_with_its_size_hint() {
+        let (first, replay) = ReplayBody::replayable(http_body_util::Full::new(Bytes::new()), 8);
+        assert!(
+            matches!(first.inner, Inner::Empty { .. }),
+            "nothing is shared"
+        );
+        assert!(replay.is_replayable());
+        for copy in [first, replay.replay().unwrap(), replay.replay().unwrap()] {
+            assert!(copy.is_end_stream());
+            assert_eq!(copy.size_hint().exact(), Some(0));
+            assert!(copy.collect().await.unwrap().to_bytes().is_empty());
+        }
     }
 
     #[tokio::test]

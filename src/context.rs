@@ -270,6 +270,17 @@ impl RequestContext {
         RequestContext::in_extensions(req.extensions())
     }
 
+    /// Stores this context in `req`'s extensions: in place when one is there already (a layer
+    /// further out put it), which spares the box a new extension costs.
+    pub(crate) fn store_in<B>(self, req: &mut http::Request<B>) {
+        match req.extensions_mut().get_mut::<RequestContext>() {
+            Some(existing) => *existing = self,
+            None => {
+                req.extensions_mut().insert(self);
+            }
+        }
+    }
+
     fn in_extensions(extensions: &http::Extensions) -> RequestContext {
         extensions
             .get::<RequestContext>()

@@ -15,7 +15,7 @@ use super::{DEFAULT_LOW_TIME_THRESHOLD, DEFAULT_MAX_TIMEOUT, DEFAULT_TIMEOUT};
 use crate::context::{Deadline, InContext, RequestContext};
 use crate::headers;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Settings {
     default_timeout: Duration,
     max_timeout: Duration,
@@ -35,7 +35,9 @@ impl Default for Settings {
 }
 
 /// Left in the request's extensions by [`ServerDeadline`] for a [`RouteTimeout`] further in,
-/// which needs to know whether the deadline was the caller's or only the server default.
+/// which needs to know whether the deadline was the caller's or only the server default. Only
+/// left when the settings are not the defaults: otherwise the route timeout works it out from
+/// the request itself, and the request is spared an extension.
 #[derive(Clone)]
 struct Admission {
     from_caller: bool,
@@ -145,11 +147,13 @@ where
         let expiry = settings
             .cancel_on_expiry
             .then(|| Arc::new(Mutex::new(deadline)));
-        req.extensions_mut().insert(Admission {
-            from_caller: from_caller.is_some(),
-            settings,
-            expiry: expiry.clone(),
-        });
+        if settings != Settings::default() {
+            req.extensions_mut().insert(Admission {
+                from_caller: from_caller.is_some(),
+                settings,
+                expiry: expiry.clone(),
+            });
+        }
         admit(&mut self.inner, req, deadline, settings, expiry)
     }
 }
@@ -229,28 +233,26 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let outer = req.extensions().get::<Admission>().cloned();
-        let Some(outer) = outer else {
-            // Standalone: a server deadline layer whose default is this route's timeout.
-            let settings = Settings {
-                default_timeout: self.timeout,
-                ..Settings::default()
-            };
-            let timeout = headers::incoming_timeout(req.headers())
-                .unwrap_or(self.timeout)
-                .min(settings.max_timeout);
-            return admit(
-                &mut self.inner,
-                req,
-                Deadline::after(timeout),
-                settings,
-                None,
-            );
+        // Without an admission record, the server deadline layer outside (if any) has the
+        // default settings, and whether the deadline is the caller's is read from the request.
+        let outer = match req.extensions().get::<Admission>() {
+            Some(admission) => admission.clone(),
+            None => Admission {
+                from_caller: headers::incoming_timeout(req.headers()).is_some(),
+                settings: Settings::default(),
+                expiry: None,
+            },
         };
-        let current = RequestContext::of(&req).deadline();
-        let deadline = match current {
+        let max = outer.settings.max_timeout;
+        let deadline = match RequestContext::of(&req).deadline() {
+            // The caller's deadline, as the server deadline layer outside fixed it.
             Some(deadline) if outer.from_caller => deadline,
-            _ => Deadline::after(self.timeout.min(outer.settings.max_timeout)),
+            // Standalone: a server deadline layer whose default is this route's timeout.
+            None if outer.from_caller => match headers::incoming_timeout(req.headers()) {
+                Some(timeout) => Deadline::after(timeout.min(max)),
+                None => Deadline::after(self.timeout.min(max)),
+            },
+            _ => Deadline::after(self.timeout.min(max)),
         };
         // In cancel-on-expiry mode the outer layer's timer is set for the server default. A later
         // route deadline moves it (the outer timer reads the new one when it fires); an earlier
@@ -293,7 +295,7 @@ where
         };
     }
     let ctx = RequestContext::of(&req).with_deadline(Some(deadline));
-    req.extensions_mut().insert(ctx);
+    ctx.store_in(&mut req);
     let future = ctx.sync_scope(|| inner.call(req));
     let timer = (settings.cancel_on_expiry || shared_expiry.is_some())
         .then(|| tokio::time::sleep_until(deadline.instant()));

@@ -230,6 +230,16 @@ async fn route_timeout_alone_acts_as_a_server_deadline() {
         RouteTimeoutLayer::new(Duration::from_secs(3)).layer(ReadinessChecked::new(remaining_ms()));
     let res = svc.oneshot(request(&[])).await.unwrap();
     assert_eq!(res.body(), "3000");
+    // A caller's deadline still wins, and is still capped by the default maximum (60 s).
+    for (header, expected) in [("2", "2000"), ("600", "60000")] {
+        let svc = RouteTimeoutLayer::new(Duration::from_secs(3))
+            .layer(ReadinessChecked::new(remaining_ms()));
+        let res = svc
+            .oneshot(request(&[("x-request-timeout", header)]))
+            .await
+            .unwrap();
+        assert_eq!(res.body(), expected, "header {header}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -125,7 +125,7 @@ where
                 .unwrap_or(self.layer.default)
         });
         let ctx = RequestContext::of(&req).with_priority(priority);
-        req.extensions_mut().insert(ctx);
+        ctx.store_in(&mut req);
         let future = ctx.sync_scope(|| self.inner.call(req));
         ctx.scope(future)
     }

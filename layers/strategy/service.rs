@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument;
 
 use super::{Delays, LatencyKey, MethodStrategies, PercentileDelays, RetryBudget, Strategy};
 use crate::body::{Replay, ReplayBody, DEFAULT_REPLAY_CAP};
@@ -35,9 +35,8 @@ pub enum AttemptDeadline {
     Split,
 }
 
-/// How many attempts a request took, in the extensions of a response to a request whose
-/// strategy allowed more than one. Absent on responses to single-attempt requests (so that they
-/// pay no allocation): read it as one.
+/// How many attempts a request took, in the extensions of a response that took more than one.
+/// Absent on responses to the first attempt (so that they pay no allocation): read it as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptCount(pub u32);
 
@@ -288,7 +287,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = StrategyFuture<S::Future, ResBody>;
+    type Future = StrategyFuture<S, C, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -345,19 +344,26 @@ where
         // each readied on its own.
         let planned = planned_attempts(&strategy);
         let (request, attempt_deadline) = attempts.request(first_body, planned);
-        let first = attempts.track(self.inner.call(request), attempt_deadline, Duration::ZERO);
-        StrategyFuture {
-            kind: Kind::Many {
-                future: Box::pin(async move {
-                    let outcome = attempts.run(strategy, first).await;
-                    let count = AttemptCount(attempts.launched);
-                    outcome.map(|mut response| {
-                        response.extensions_mut().insert(count);
-                        response
-                    })
-                }),
+        let first = attempts.attempt(
+            AttemptState::Calling {
+                future: self.inner.call(request),
             },
-        }
+            attempt_deadline,
+            Duration::ZERO,
+        );
+        let kind = if matches!(innermost(&strategy), Strategy::Parallel { .. }) {
+            // Hedges race the first attempt: the engine, with every attempt in it, from the start.
+            Kind::Many {
+                future: attempts.into_engine(strategy, Begin::InSlot, Some(first)),
+            }
+        } else {
+            // The first attempt runs inline; the engine is boxed only if a retry is needed.
+            Kind::First {
+                attempt: first,
+                rest: Some((attempts, strategy)),
+            }
+        };
+        StrategyFuture { kind }
     }
 }
 
@@ -383,6 +389,14 @@ fn strategy_tracker(strategy: &Strategy) -> Option<&PercentileDelays> {
             strategy_tracker(inner).or_else(|| delays.tracker())
         }
     }
+}
+
+/// A nested `until_deadline` adds nothing inside another: its innermost strategy.
+fn innermost(mut strategy: &Strategy) -> &Strategy {
+    while let Strategy::UntilDeadline { inner, .. } = strategy {
+        strategy = inner;
+    }
+    strategy
 }
 
 fn planned_attempts(strategy: &Strategy) -> u32 {
@@ -425,6 +439,117 @@ struct Attempted<R> {
     span: tracing::Span,
 }
 
+pin_project! {
+    /// One attempt: readies its own clone of the service (the first attempt's service is already
+    /// ready), calls it and times it, inside the attempt's span, and within the attempt's own
+    /// deadline when attempts split the deadline. Not polled again once it has finished.
+    struct Attempt<S, R, F> {
+        #[pin]
+        state: AttemptState<S, R, F>,
+        // Boxed: only attempts that split the deadline have one, and it is large.
+        timer: Option<Pin<Box<Sleep>>>,
+        // What the attempt was allowed, for the error when its own deadline passes.
+        allowed: Duration,
+        number: u32,
+        // Only when someone reads the latency: the percentile delays or a debug event.
+        started: Option<Instant>,
+        span: tracing::Span,
+    }
+}
+
+pin_project! {
+    #[project = AttemptStateProj]
+    enum AttemptState<S, R, F> {
+        // The request is boxed: only retries and hedges are readied here, and inline it would
+        // make every attempt (the first included) twice as large.
+        Readying { service: S, request: Option<Box<R>> },
+        Calling { #[pin] future: F },
+    }
+}
+
+/// The attempt type of a strategy service over `S` with request bodies `B`.
+type AttemptOf<S, B> =
+    Attempt<S, Request<ReplayBody<B>>, <S as Service<Request<ReplayBody<B>>>>::Future>;
+
+impl<S, R, ResBody> Future for Attempt<S, R, S::Future>
+where
+    S: Service<R, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Attempted<ResBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Attempted<ResBody>> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let polled = loop {
+            match this.state.as_mut().project() {
+                AttemptStateProj::Readying { service, request } => match service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let Some(request) = request.take() else {
+                            break Poll::Ready(
+                                Err("the attempt's request was already sent".into()),
+                            );
+                        };
+                        // The clone made ready is the one called; it is not needed afterwards.
+                        let future = service.call(*request);
+                        this.state.set(AttemptState::Calling { future });
+                    }
+                    Poll::Ready(Err(error)) => break Poll::Ready(Err(error.into())),
+                    Poll::Pending => break Poll::Pending,
+                },
+                AttemptStateProj::Calling { future } => {
+                    break future.poll(cx).map(|outcome| outcome.map_err(Into::into));
+                }
+            }
+        };
+        let outcome = match polled {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => match this.timer.as_mut() {
+                Some(timer) => {
+                    std::task::ready!(timer.as_mut().poll(cx));
+                    Err(Box::new(DeadlineExceeded::elapsed(*this.allowed)) as BoxError)
+                }
+                None => return Poll::Pending,
+            },
+        };
+        Poll::Ready(Attempted {
+            number: *this.number,
+            latency: this
+                .started
+                .map_or(Duration::ZERO, |started| started.elapsed()),
+            outcome,
+            span: this.span.clone(),
+        })
+    }
+}
+
+/// Where the attempt being awaited lives: pinned once in the request's future and handed down by
+/// reference, so that the nested steps of a strategy do not each hold a copy of it.
+type Slot<'a, S, B> = Pin<&'a mut Option<AttemptOf<S, B>>>;
+
+/// Waits for the attempt in `slot` and empties the slot.
+async fn finish<S, B, ResBody>(mut slot: Slot<'_, S, B>) -> Attempted<ResBody>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| {
+        let Some(attempt) = slot.as_mut().as_pin_mut() else {
+            // Not reached: every step fills the slot before it waits on it.
+            return Poll::Ready(Attempted {
+                number: 0,
+                latency: Duration::ZERO,
+                outcome: Err("no attempt to wait for".into()),
+                span: tracing::Span::none(),
+            });
+        };
+        let done = std::task::ready!(attempt.poll(cx));
+        slot.set(None);
+        Poll::Ready(done)
+    })
+    .await
+}
+
 /// The state of one request's attempts.
 struct Attempts<S, C, B> {
     service: S,
@@ -438,9 +563,18 @@ struct Attempts<S, C, B> {
     launched: u32,
 }
 
+/// What a parallel round waits for next.
 enum Event<R> {
     Done(Attempted<R>),
+    Judged(Outcome<R>, Verdict, u32),
     StartNext,
+}
+
+/// How a round begins: its first attempt in the slot, or already finished and judged (the first
+/// attempt of a request runs outside the engine, which is only made when a retry is needed).
+enum Begin<R> {
+    InSlot,
+    Judged(Outcome<R>, Verdict),
 }
 
 impl<S, C, B, ResBody> Attempts<S, C, B>
@@ -478,18 +612,14 @@ where
         (request, own)
     }
 
-    /// Wraps an attempt's future: numbers it, times it, gives it a span, and enforces its own
-    /// deadline when attempts split the deadline.
-    fn track<F, E>(
+    /// Makes an attempt of `state`: numbers it, gives it a span, times it when the latency is
+    /// wanted, and bounds it by its own deadline when attempts split the deadline.
+    fn attempt(
         &mut self,
-        future: F,
+        state: AttemptState<S, Request<ReplayBody<B>>, S::Future>,
         own_deadline: Option<Deadline>,
         delay: Duration,
-    ) -> BoxFuture<Attempted<ResBody>>
-    where
-        F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
+    ) -> AttemptOf<S, B> {
         let number = self.launched;
         self.launched += 1;
         let span = tracing::debug_span!(
@@ -498,38 +628,21 @@ where
             delay_ms = delay.as_millis() as u64,
             verdict = tracing::field::Empty,
         );
-        let attempt_span = span.clone();
-        Box::pin(
-            async move {
-                let started = Instant::now();
-                let outcome = match own_deadline {
-                    Some(deadline) => {
-                        let allowed = deadline.remaining();
-                        match tokio::time::timeout_at(deadline.instant(), future).await {
-                            Ok(outcome) => outcome.map_err(Into::into),
-                            Err(_) => Err(Box::new(DeadlineExceeded::elapsed(allowed)) as BoxError),
-                        }
-                    }
-                    None => future.await.map_err(Into::into),
-                };
-                Attempted {
-                    number,
-                    latency: started.elapsed(),
-                    outcome,
-                    span: attempt_span,
-                }
-            }
-            .instrument(span),
-        )
+        let timed = self.tracker.is_some() || tracing::enabled!(tracing::Level::DEBUG);
+        Attempt {
+            state,
+            timer: own_deadline
+                .map(|deadline| Box::pin(tokio::time::sleep_until(deadline.instant()))),
+            allowed: own_deadline.map_or(Duration::ZERO, |deadline| deadline.remaining()),
+            number,
+            started: timed.then(Instant::now),
+            span,
+        }
     }
 
     /// Starts another attempt on a fresh clone of the service, or `None` when the body can no
     /// longer be replayed.
-    fn start(
-        &mut self,
-        attempts_left: u32,
-        delay: Duration,
-    ) -> Option<BoxFuture<Attempted<ResBody>>> {
+    fn start(&mut self, attempts_left: u32, delay: Duration) -> Option<AttemptOf<S, B>> {
         let body = self.replay_body()?;
         Some(self.send(body, attempts_left, delay))
     }
@@ -549,16 +662,13 @@ where
         body: ReplayBody<B>,
         attempts_left: u32,
         delay: Duration,
-    ) -> BoxFuture<Attempted<ResBody>> {
+    ) -> AttemptOf<S, B> {
         let (request, own_deadline) = self.request(body, attempts_left);
-        let mut service = self.service.clone();
-        let future = async move {
-            poll_fn(|cx| service.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            service.call(request).await.map_err(Into::into)
+        let state = AttemptState::Readying {
+            service: self.service.clone(),
+            request: Some(Box::new(request)),
         };
-        self.track::<_, BoxError>(future, own_deadline, delay)
+        self.attempt(state, own_deadline, delay)
     }
 
     /// Whether an extra attempt may start after waiting `wait`: time, body and budget allowing.
@@ -634,53 +744,108 @@ where
         delays.delay_for(k, self.latency_key.as_ref())
     }
 
+    /// Runs the strategy: one round of attempts; with `until_deadline`, rounds until one is
+    /// accepted or time runs out. One function rather than one per level, so that the request's
+    /// future stays small.
     async fn run(
         &mut self,
-        strategy: Strategy,
-        first: BoxFuture<Attempted<ResBody>>,
+        strategy: &Strategy,
+        begin: Begin<ResBody>,
+        mut slot: Slot<'_, S, B>,
     ) -> Outcome<ResBody> {
-        match strategy {
-            Strategy::UntilDeadline { inner, delays } => {
-                self.until_deadline(&inner, &delays, first).await
+        let (round, between_rounds) = match strategy {
+            Strategy::UntilDeadline { inner, delays } => (innermost(inner), Some(delays)),
+            other => (other, None),
+        };
+        let mut rounds = 1;
+        let mut begin = begin;
+        loop {
+            let (outcome, verdict) = match round {
+                Strategy::Sequential { attempts, delays } => {
+                    self.sequential(*attempts, delays, begin, slot.as_mut())
+                        .await
+                }
+                Strategy::Parallel { attempts, delays } => {
+                    self.parallel(*attempts, delays, begin, slot.as_mut()).await
+                }
+                _ => self.first_of_round(begin, slot.as_mut()).await,
+            };
+            let Some(delays) = between_rounds else {
+                return outcome;
+            };
+            if verdict == Verdict::Accept || self.deadline.is_none() {
+                return outcome;
             }
-            other => self.round(&other, first).await.0,
+            let wait = self
+                .retry_after(&outcome)
+                .unwrap_or_else(|| self.delay(delays, rounds));
+            if !self.may_start_extra(wait, "round") {
+                return outcome;
+            }
+            let Some(body) = self.replay_body() else {
+                return outcome;
+            };
+            // As between sequential attempts: the rejected response goes before the wait.
+            drop(outcome);
+            // Boxed: only a repeated round waits, and a timer would double this future's size.
+            Box::pin(tokio::time::sleep(wait)).await;
+            slot.set(Some(self.send(body, planned_attempts(round), wait)));
+            begin = Begin::InSlot;
+            bump(&self.config.stats.retries);
+            rounds += 1;
         }
     }
 
-    async fn round(
+    /// The judged first attempt of a round: as it began, or once it finishes.
+    async fn first_of_round(
         &mut self,
-        strategy: &Strategy,
-        first: BoxFuture<Attempted<ResBody>>,
+        begin: Begin<ResBody>,
+        slot: Slot<'_, S, B>,
     ) -> (Outcome<ResBody>, Verdict) {
-        let mut strategy = strategy;
-        // A nested `until_deadline` adds nothing inside another: use its inner strategy.
-        while let Strategy::UntilDeadline { inner, .. } = strategy {
-            strategy = inner;
-        }
-        match strategy {
-            Strategy::Sequential { attempts, delays } => {
-                self.sequential(*attempts, delays, first).await
-            }
-            Strategy::Parallel { attempts, delays } => {
-                self.parallel(*attempts, delays, first).await
-            }
-            _ => {
+        match begin {
+            Begin::Judged(outcome, verdict) => (outcome, verdict),
+            Begin::InSlot => {
                 // Await first, then judge: `&self` held across an await would need `S: Sync`.
-                let done = first.await;
+                let done = finish(slot).await;
                 let (outcome, verdict, _) = self.judge(done);
                 (outcome, verdict)
             }
         }
     }
 
+    /// The rest of the request as one boxed future: every attempt still to come lives in it.
+    fn into_engine(
+        mut self,
+        strategy: Strategy,
+        begin: Begin<ResBody>,
+        first: Option<AttemptOf<S, B>>,
+    ) -> BoxFuture<Outcome<ResBody>>
+    where
+        C: Send + Sync + 'static,
+    {
+        Box::pin(async move {
+            let slot = pin!(first);
+            let outcome = self.run(&strategy, begin, slot).await;
+            let launched = self.launched;
+            outcome.map(|mut response| {
+                // Absent means one: a request answered at its first attempt (most of them)
+                // pays no extension map.
+                if launched > 1 {
+                    response.extensions_mut().insert(AttemptCount(launched));
+                }
+                response
+            })
+        })
+    }
+
     async fn sequential(
         &mut self,
         attempts: u32,
         delays: &Delays,
-        first: BoxFuture<Attempted<ResBody>>,
+        begin: Begin<ResBody>,
+        mut slot: Slot<'_, S, B>,
     ) -> (Outcome<ResBody>, Verdict) {
-        let done = first.await;
-        let (mut outcome, mut verdict, _) = self.judge(done);
+        let (mut outcome, mut verdict) = self.first_of_round(begin, slot.as_mut()).await;
         for k in 1..attempts {
             if verdict == Verdict::Accept {
                 break;
@@ -697,10 +862,11 @@ where
             // Committed to another attempt: let the rejected response go before the wait, so
             // that its connection returns to the pool instead of idling through the backoff.
             drop(outcome);
-            tokio::time::sleep(wait).await;
-            let next = self.send(body, attempts - k, wait);
+            // Boxed: only a retry waits, and a timer would double this future's size.
+            Box::pin(tokio::time::sleep(wait)).await;
+            slot.set(Some(self.send(body, attempts - k, wait)));
             bump(&self.config.stats.retries);
-            let done = next.await;
+            let done = finish(slot.as_mut()).await;
             (outcome, verdict, _) = self.judge(done);
         }
         (outcome, verdict)
@@ -710,168 +876,205 @@ where
         &mut self,
         attempts: u32,
         delays: &Delays,
-        first: BoxFuture<Attempted<ResBody>>,
+        begin: Begin<ResBody>,
+        slot: Slot<'_, S, B>,
     ) -> (Outcome<ResBody>, Verdict) {
         let started = Instant::now();
         // Attempt numbers run on across rounds of `until_deadline`: this round's first is here.
         let first_number = self.launched.saturating_sub(1);
-        let mut in_flight = vec![first];
+        // The first attempt (in the slot) and the hedge timer live in the request's future; only
+        // hedges, which most requests never start, get boxes of their own.
+        let mut first = slot;
+        let mut hedges: Vec<Pin<Box<AttemptOf<S, B>>>> = Vec::new();
         let mut launched = 1;
-        let mut next: Option<Pin<Box<Sleep>>> = (attempts > 1).then(|| {
-            Box::pin(tokio::time::sleep_until(instant_after(
-                started,
-                self.delay(delays, 1),
-            )))
-        });
+        let mut next = pin!(tokio::time::sleep_until(instant_after(
+            started,
+            if attempts > 1 {
+                self.delay(delays, 1)
+            } else {
+                Duration::MAX
+            },
+        )));
+        let mut armed = attempts > 1;
         let mut last_rejected = None;
+        // A round that begins judged (its first attempt finished before the engine was made)
+        // takes that verdict as its first event.
+        let mut judged_first = match begin {
+            Begin::Judged(outcome, verdict) => Some(Event::Judged(outcome, verdict, first_number)),
+            Begin::InSlot => None,
+        };
         loop {
-            let event = poll_fn(|cx| {
-                for i in 0..in_flight.len() {
-                    if let Poll::Ready(done) = in_flight[i].as_mut().poll(cx) {
-                        drop(in_flight.swap_remove(i));
-                        return Poll::Ready(Event::Done(done));
-                    }
-                }
-                match next.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Event::StartNext),
-                    _ => Poll::Pending,
-                }
-            })
-            .await;
-            match event {
-                Event::Done(done) => {
-                    let (outcome, verdict, number) = self.judge(done);
-                    if verdict == Verdict::Accept
-                        && !in_flight.is_empty()
-                        && is_breaker_refusal(&outcome)
-                    {
-                        // A hedge refused by the breaker must not end the race: an attempt in
-                        // flight may be the breaker's probe, and only its answer can close it.
-                        // Keep the refusal as the fallback and start nothing more.
-                        last_rejected = Some((outcome, verdict));
-                        launched = attempts;
-                        next = None;
-                        continue;
-                    }
-                    if verdict == Verdict::Accept {
-                        if number > first_number {
-                            bump(&self.config.stats.hedge_wins);
-                            tracing::debug!(number, "hedged attempt won");
+            let event = match judged_first.take() {
+                Some(event) => event,
+                None => {
+                    poll_fn(|cx| {
+                        if let Some(attempt) = first.as_mut().as_pin_mut() {
+                            if let Poll::Ready(done) = attempt.poll(cx) {
+                                first.set(None);
+                                return Poll::Ready(Event::Done(done));
+                            }
                         }
-                        // Returning drops the attempts still in flight: hyper cancels them.
-                        return (outcome, verdict);
-                    }
-                    let pushback = self.retry_after(&outcome);
-                    last_rejected = Some((outcome, verdict));
-                    if launched >= attempts {
-                        if in_flight.is_empty() {
-                            break;
+                        for i in 0..hedges.len() {
+                            if let Poll::Ready(done) = hedges[i].as_mut().poll(cx) {
+                                drop(hedges.swap_remove(i));
+                                return Poll::Ready(Event::Done(done));
+                            }
                         }
-                        continue;
-                    }
-                    let now = Instant::now();
-                    let scheduled = next.as_ref().map(|sleep| sleep.deadline());
-                    let at = match (pushback, in_flight.is_empty()) {
-                        // The server asked for a pause: no attempt before it is over.
-                        (Some(wait), _) => {
-                            let after = instant_after(now, wait);
-                            scheduled.map_or(after, |s| s.max(after))
+                        if armed && next.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::StartNext);
                         }
-                        // Everything in flight failed: the next attempt need not wait its turn.
-                        (None, true) => now,
-                        (None, false) => continue,
-                    };
-                    next = Some(Box::pin(tokio::time::sleep_until(at)));
+                        Poll::Pending
+                    })
+                    .await
                 }
+            };
+            let idle = first.is_none() && hedges.is_empty();
+            let (outcome, verdict, number) = match event {
+                Event::Done(done) => self.judge(done),
+                Event::Judged(outcome, verdict, number) => (outcome, verdict, number),
                 Event::StartNext => {
-                    next = None;
+                    armed = false;
                     if self.may_start_extra(Duration::ZERO, "hedge") {
                         let since_first = started.elapsed();
                         if let Some(attempt) = self.start(attempts - launched, since_first) {
                             bump(&self.config.stats.hedges);
                             tracing::debug!(number = launched, "hedged attempt started");
-                            in_flight.push(attempt);
+                            hedges.push(Box::pin(attempt));
                             launched += 1;
                             if launched < attempts {
                                 let at = instant_after(started, self.delay(delays, launched))
                                     .max(Instant::now());
-                                next = Some(Box::pin(tokio::time::sleep_until(at)));
+                                next.as_mut().reset(at);
+                                armed = true;
                             }
                             continue;
                         }
                     }
                     // No more attempts will start: wait for those in flight, if any.
                     launched = attempts;
-                    if in_flight.is_empty() {
+                    if idle {
                         break;
                     }
+                    continue;
                 }
+            };
+            if verdict == Verdict::Accept && !idle && is_breaker_refusal(&outcome) {
+                // A hedge refused by the breaker must not end the race: an attempt in
+                // flight may be the breaker's probe, and only its answer can close it.
+                // Keep the refusal as the fallback and start nothing more.
+                last_rejected = Some((outcome, verdict));
+                launched = attempts;
+                armed = false;
+                continue;
             }
+            if verdict == Verdict::Accept {
+                if number > first_number {
+                    bump(&self.config.stats.hedge_wins);
+                    tracing::debug!(number, "hedged attempt won");
+                }
+                // Returning drops the attempts still in flight: hyper cancels them.
+                return (outcome, verdict);
+            }
+            let pushback = self.retry_after(&outcome);
+            last_rejected = Some((outcome, verdict));
+            if launched >= attempts {
+                if idle {
+                    break;
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let scheduled = armed.then(|| next.deadline());
+            let at = match (pushback, idle) {
+                // The server asked for a pause: no attempt before it is over.
+                (Some(wait), _) => {
+                    let after = instant_after(now, wait);
+                    scheduled.map_or(after, |s| s.max(after))
+                }
+                // Everything in flight failed: the next attempt need not wait its turn.
+                (None, true) => now,
+                (None, false) => continue,
+            };
+            next.as_mut().reset(at);
+            armed = true;
         }
         last_rejected.unwrap_or_else(|| (Err("no attempt finished".into()), Verdict::Reject))
-    }
-
-    async fn until_deadline(
-        &mut self,
-        inner: &Strategy,
-        delays: &Delays,
-        first: BoxFuture<Attempted<ResBody>>,
-    ) -> Outcome<ResBody> {
-        let (mut outcome, mut verdict) = self.round(inner, first).await;
-        let mut round = 1;
-        while verdict == Verdict::Reject && self.deadline.is_some() {
-            let wait = self
-                .retry_after(&outcome)
-                .unwrap_or_else(|| self.delay(delays, round));
-            if !self.may_start_extra(wait, "round") {
-                break;
-            }
-            tokio::time::sleep(wait).await;
-            let Some(first) = self.start(planned_attempts(inner), wait) else {
-                break;
-            };
-            bump(&self.config.stats.retries);
-            (outcome, verdict) = self.round(inner, first).await;
-            round += 1;
-        }
-        outcome
     }
 }
 
 pin_project! {
-    /// The response future of [`StrategyService`]. A single attempt is the inner future
-    /// itself; only requests that may take several attempts are boxed.
-    pub struct StrategyFuture<F, ResBody> {
+    /// The response future of [`StrategyService`]. A single attempt is the inner future itself.
+    /// A request that may take more attempts runs its first attempt inline and boxes the rest of
+    /// its engine only if a retry is needed; a hedged request boxes its engine from the start,
+    /// since hedges race the first attempt.
+    pub struct StrategyFuture<S, C, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
         #[pin]
-        kind: Kind<F, ResBody>,
+        kind: Kind<S, C, B>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, ResBody> {
-        Single { #[pin] inner: F },
-        Many { future: BoxFuture<Outcome<ResBody>> },
+    enum Kind<S, C, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        Single { #[pin] inner: S::Future },
+        First {
+            #[pin]
+            attempt: AttemptOf<S, B>,
+            // Taken when the first attempt finishes.
+            rest: Option<(Attempts<S, C, B>, Strategy)>,
+        },
+        Many { future: BoxFuture<Result<S::Response, BoxError>> },
     }
 }
 
-impl<F, ResBody> fmt::Debug for StrategyFuture<F, ResBody> {
+impl<S, C, B> fmt::Debug for StrategyFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StrategyFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, E, ResBody> Future for StrategyFuture<F, ResBody>
+impl<S, C, B, ResBody> Future for StrategyFuture<S, C, B>
 where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+    C: Classify,
 {
     type Output = Outcome<ResBody>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Single { inner } => inner.poll(cx).map_err(Into::into),
-            KindProj::Many { future } => future.as_mut().poll(cx),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut kind = self.as_mut().project().kind;
+            let (attempts, strategy, outcome, verdict) = match kind.as_mut().project() {
+                KindProj::Single { inner } => return inner.poll(cx).map_err(Into::into),
+                KindProj::Many { future } => return future.as_mut().poll(cx),
+                KindProj::First { attempt, rest } => {
+                    let done = std::task::ready!(attempt.poll(cx));
+                    let Some((attempts, strategy)) = rest.take() else {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    };
+                    let (outcome, verdict, _) = attempts.judge(done);
+                    if verdict == Verdict::Accept {
+                        return Poll::Ready(outcome);
+                    }
+                    (attempts, strategy, outcome, verdict)
+                }
+            };
+            // Rejected: the rest of the strategy decides, in a box of its own.
+            let future = attempts.into_engine(strategy, Begin::Judged(outcome, verdict), None);
+            kind.set(Kind::Many { future });
         }
     }
 }
