@@ -218,7 +218,7 @@ impl<B> Clone for Replay<B> {
     fn clone(&self) -> Self {
         Replay {
             source: match &self.source {
-                Source::Empty(hint) => Source::Empty(hint.clone()),
+                Source::Empty(hint) => Source::Empty(*hint),
                 Source::Shared(shared) => Source::Shared(shared.clone()),
             },
         }
@@ -229,7 +229,7 @@ impl<B> Replay<B> {
     /// A new copy reading from the start, or `None` once the body has outgrown the cap.
     pub fn replay(&self) -> Option<ReplayBody<B>> {
         let inner = match &self.source {
-            Source::Empty(hint) => Inner::Empty { hint: hint.clone() },
+            Source::Empty(hint) => Inner::Empty { hint: *hint },
             Source::Shared(shared) if lock(shared).overflowed => return None,
             Source::Shared(shared) => Inner::Shared {
                 reader: Reader {
@@ -265,7 +265,7 @@ impl<B: Body> ReplayBody<B> {
         if body.is_end_stream() {
             // Nothing to read, so nothing to buffer: no lock and no allocation for the copies.
             let first = ReplayBody {
-                inner: Inner::Empty { hint: hint.clone() },
+                inner: Inner::Empty { hint },
             };
             return (
                 first,
@@ -348,7 +348,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Direct { body } => body.size_hint(),
-            Inner::Empty { hint } => hint.clone(),
+            Inner::Empty { hint } => *hint,
             // Unread, a copy has the original's size: hyper sends it as Content-Length.
             Inner::Shared { reader } if reader.position == 0 => lock(&reader.shared).hint,
             Inner::Shared { .. } => SizeHint::default(),

@@ -47,7 +47,9 @@ impl<B> OnOpen<B> for ReturnError {
 
 /// Chooses the scope of a request: requests with the same scope share one breaker.
 ///
-/// The scope is written into a buffer the service reuses, so choosing it does not allocate.
+/// The scope is written into a buffer reused by every call on the thread, so choosing it does
+/// not allocate.
+///
 /// Any `Fn(&Request<B>, &mut String) + Clone` closure is a `ScopeBy`:
 ///
 /// ```

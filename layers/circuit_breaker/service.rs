@@ -20,10 +20,15 @@ pub struct CircuitBreaker<S, C, K, M> {
     classifier: Arc<C>,
     scope_by: K,
     on_open: M,
-    /// Reused for every request's scope, so choosing it does not allocate.
-    buffer: String,
     /// The scope of the previous call: a client of one destination skips the table's lock.
     last: Option<Arc<Scope>>,
+}
+
+thread_local! {
+    /// The text of a request's scope is written here rather than into a buffer of each service:
+    /// stacks are cloned per call (the `Client` preset does, and so do retries), and a fresh
+    /// buffer would cost an allocation on every one of them.
+    static SCOPE_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
@@ -34,7 +39,6 @@ impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
             classifier: layer.classifier.clone(),
             scope_by: layer.scope_by.clone(),
             on_open: layer.on_open.clone(),
-            buffer: String::new(),
             last: None,
         }
     }
@@ -63,13 +67,13 @@ impl<S, C, K, M> CircuitBreaker<S, C, K, M> {
         }
     }
 
-    fn scope(&mut self, now: Instant) -> Arc<Scope> {
+    fn scope(&mut self, name: &str, now: Instant) -> Arc<Scope> {
         if let Some(last) = &self.last {
-            if *last.name == *self.buffer && !last.forgotten.load(Ordering::Acquire) {
+            if *last.name == *name && !last.forgotten.load(Ordering::Acquire) {
                 return last.clone();
             }
         }
-        let scope = self.table.scope(&self.buffer, now);
+        let scope = self.table.scope(name, now);
         self.last = Some(scope.clone());
         scope
     }
@@ -83,8 +87,6 @@ impl<S: Clone, C, K: Clone, M: Clone> Clone for CircuitBreaker<S, C, K, M> {
             classifier: self.classifier.clone(),
             scope_by: self.scope_by.clone(),
             on_open: self.on_open.clone(),
-            // A fresh buffer: copying the previous scope's text would be a wasted allocation.
-            buffer: String::new(),
             last: self.last.clone(),
         }
     }
@@ -109,10 +111,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.buffer.clear();
-        self.scope_by.scope(&req, &mut self.buffer);
+        // Taken out of the thread-local and put back: a scope function that somehow re-enters
+        // finds an empty string of its own instead of this one.
+        let mut text = SCOPE_TEXT.take();
+        text.clear();
+        self.scope_by.scope(&req, &mut text);
         let now = Instant::now();
-        match self.scope(now).admit(now) {
+        let scope = self.scope(&text, now);
+        SCOPE_TEXT.set(text);
+        match scope.admit(now) {
             // The inner service is called here, on the instance `poll_ready` readied; it never
             // moves into the future, so no clone needs swapping in.
             Admission::Admit(ticket) => CircuitBreakerFuture::running(
