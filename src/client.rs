@@ -341,12 +341,24 @@ impl ClientBuilder {
     }
 }
 
+/// The pool at the bottom of the stack, named rather than boxed: the stack is cloned for every
+/// call and every retry, and a boxed transport would cost an allocation on each clone. Its
+/// errors are boxed, as the layers' optional halves (`Either`) need one error type.
+type Transport<C> = tower::util::MapErr<
+    hyper_util::client::legacy::Client<C, ReplayBody<ClientBody>>,
+    fn(hyper_util::client::legacy::Error) -> BoxError,
+>;
+
+fn box_error(error: hyper_util::client::legacy::Error) -> BoxError {
+    error.into()
+}
+
 #[cfg(feature = "tls")]
 fn connect(
     pool: hyper_util::client::legacy::Builder,
     http: HttpConnector,
     http2_only: bool,
-) -> BoxCloneSyncService<Request<ReplayBody<ClientBody>>, Response<Incoming>, BoxError> {
+) -> Transport<hyper_rustls::HttpsConnector<HttpConnector>> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http();
@@ -355,7 +367,7 @@ fn connect(
     } else {
         builder.enable_all_versions().wrap_connector(http)
     };
-    BoxCloneSyncService::new(pool.build(https).map_err(Into::into))
+    pool.build(https).map_err(box_error as fn(_) -> _)
 }
 
 #[cfg(not(feature = "tls"))]
@@ -363,8 +375,8 @@ fn connect(
     pool: hyper_util::client::legacy::Builder,
     http: HttpConnector,
     _http2_only: bool,
-) -> BoxCloneSyncService<Request<ReplayBody<ClientBody>>, Response<Incoming>, BoxError> {
-    BoxCloneSyncService::new(pool.build(http).map_err(Into::into))
+) -> Transport<HttpConnector> {
+    pool.build(http).map_err(box_error as fn(_) -> _)
 }
 
 /// An HTTP client with the whole tower-lifeline client stack. Cheap to clone: clones share the
