@@ -13,9 +13,10 @@
 //!
 //! The load generator keeps C HTTP/1.1 keep-alive connections busy (one request at a time on
 //! each) for S seconds per round; rounds alternate between the variants. Then the clients: C
-//! tasks sharing one `tower_lifeline::client::Client`, or one bare hyper-util client, against the
-//! bare server. It prints requests per second and p50/p99 per variant, and the ratios to bare.
-//! Bounded in time (about `rounds * secs * 5` seconds), loopback only, stops by itself.
+//! tasks sharing one bare hyper-util client, one `tower_lifeline::client::Client` with its
+//! defaults, or one `Client` with a single attempt and no breaker, against the bare server. It
+//! prints requests per second and p50/p99 per variant, and the ratios to bare.
+//! Bounded in time (about `rounds * secs * 6` seconds), loopback only, stops by itself.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 use tower_lifeline::client::Client;
+use tower_lifeline::strategy::{Strategy, StrategyLayer};
 use tower_lifeline::server::Server;
 
 struct Options {
@@ -153,7 +155,7 @@ async fn server_round(addr: SocketAddr, connections: usize, secs: f64, tally: &m
     tally.elapsed += started.elapsed();
 }
 
-/// The two clients compared, behind one call signature.
+/// The clients compared, behind one call signature.
 #[derive(Clone)]
 enum AnyClient {
     Bare(
@@ -295,8 +297,22 @@ fn main() {
                 .build()
                 .expect("client"),
         );
-        let clients = [bare_client, lifeline];
-        let names = ["bare hyper-util client", "tower-lifeline Client"];
+        // The preset with its per-attempt machinery off, to tell what the layers cost from what
+        // the preset's plumbing (deadline timer, URL handling, body reading) costs.
+        let minimal = AnyClient::Lifeline(
+            Client::builder()
+                .pool_max_idle_per_host(options.connections)
+                .strategy(StrategyLayer::new().strategy(Strategy::single()))
+                .circuit_breaker(None)
+                .build()
+                .expect("client"),
+        );
+        let clients = [bare_client, lifeline, minimal];
+        let names = [
+            "bare hyper-util client",
+            "tower-lifeline Client",
+            "tower-lifeline Client, single attempt, no breaker",
+        ];
         let mut tallies: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
         for client in &clients {
             client_round(
