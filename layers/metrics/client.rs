@@ -12,21 +12,24 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::labels::{method_label, normalize_path, LabelBudget, OTHER};
+use super::labels::{method_label, normalize_path};
+use super::series::SeriesTable;
 use super::MetricsConfig;
 use crate::context::RouteTemplate;
 use crate::error::{find_source, BoxError};
 use crate::headers;
 
 struct Instruments {
-    call: HistogramVec,
-    attempt: HistogramVec,
-    overflow: IntCounter,
-    call_labels: LabelBudget,
-    attempt_labels: LabelBudget,
+    /// By endpoint, method, path, status and circuit_breaker.
+    call: SeriesTable<5>,
+    /// By endpoint, method, path and status.
+    attempt: SeriesTable<4>,
     breaker_values: (&'static str, &'static str),
     raw_paths: bool,
 }
+
+/// The client labels that fold into `other` past the cap: endpoint and path.
+const OPEN_LABELS: &[usize] = &[0, 2];
 
 /// Client metrics: a histogram of whole calls (what the caller saw, retries included) and one of
 /// single attempts (aio-request's transport latency), by endpoint, method, path and status.
@@ -67,11 +70,8 @@ impl ClientMetrics {
         registry.register(Box::new(overflow.clone()))?;
         Ok(ClientMetrics {
             instruments: Arc::new(Instruments {
-                call,
-                attempt,
-                overflow,
-                call_labels: LabelBudget::new(config.max_label_sets),
-                attempt_labels: LabelBudget::new(config.max_label_sets),
+                call: SeriesTable::new(call, OPEN_LABELS, overflow.clone(), config.max_label_sets),
+                attempt: SeriesTable::new(attempt, OPEN_LABELS, overflow, config.max_label_sets),
                 breaker_values: names.breaker_values,
                 raw_paths: config.raw_paths,
             }),
@@ -198,22 +198,12 @@ impl Drop for Recording {
                 } else {
                     i.breaker_values.1
                 };
-                let mut labels = [endpoint, self.method, path, self.status.as_str(), breaker];
-                if !i.call_labels.admit(&labels) {
-                    i.overflow.inc();
-                    labels[0] = OTHER;
-                    labels[2] = OTHER;
-                }
-                i.call.with_label_values(&labels).observe(elapsed);
+                let labels = [endpoint, self.method, path, self.status.as_str(), breaker];
+                i.call.observe(labels, elapsed);
             }
             Kind::Attempt => {
-                let mut labels = [endpoint, self.method, path, self.status.as_str()];
-                if !i.attempt_labels.admit(&labels) {
-                    i.overflow.inc();
-                    labels[0] = OTHER;
-                    labels[2] = OTHER;
-                }
-                i.attempt.with_label_values(&labels).observe(elapsed);
+                let labels = [endpoint, self.method, path, self.status.as_str()];
+                i.attempt.observe(labels, elapsed);
             }
         }
     }
@@ -330,5 +320,101 @@ where
             }
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::metrics::render;
+
+    /// Sends each request through the call layer (over a service that answers 200) and returns
+    /// the exposition.
+    async fn record(config: MetricsConfig, requests: Vec<Request<()>>) -> String {
+        let registry = Registry::new();
+        let metrics = ClientMetrics::register(&registry, config).unwrap();
+        let ok = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::io::Error>(Response::new(()))
+        });
+        let service = metrics.call_layer().layer(ok);
+        for request in requests {
+            service.clone().oneshot(request).await.unwrap();
+        }
+        render(&registry).unwrap()
+    }
+
+    fn count_line(endpoint: &str, path: &str, count: u64) -> String {
+        format!(
+            r#"http_client_request_duration_seconds_count{{circuit_breaker="false",endpoint="{endpoint}",method="GET",path="{path}",status="200"}} {count}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn the_path_label_is_the_template_or_the_normalised_or_raw_path() {
+        let mut templated = Request::get("http://api:8080/users/42").body(()).unwrap();
+        templated
+            .extensions_mut()
+            .insert(RouteTemplate::owned("/users/{user}".to_owned()));
+        let requests = vec![
+            templated,
+            Request::get("http://api:8080/users/42").body(()).unwrap(),
+            Request::get("http://api:8080/users/43").body(()).unwrap(),
+        ];
+        let text = record(MetricsConfig::default(), requests).await;
+        for line in [
+            count_line("http://api:8080", "/users/{user}", 1),
+            count_line("http://api:8080", "/users/{id}", 2),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+
+        let config = MetricsConfig {
+            raw_paths: true,
+            ..MetricsConfig::default()
+        };
+        let requests = vec![Request::get("http://api:8080/users/42?x=1")
+            .body(())
+            .unwrap()];
+        let text = record(config, requests).await;
+        let line = count_line("http://api:8080", "/users/42", 1);
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+
+    #[tokio::test]
+    async fn labels_longer_than_the_inline_room_are_whole() {
+        let host = format!("{}.example", "h".repeat(150));
+        let segment = "s".repeat(40);
+        let path = format!("/{segment}/{segment}/{segment}");
+        let uri = format!("https://{host}{path}");
+        let requests = vec![
+            Request::get(&uri).body(()).unwrap(),
+            Request::get(&uri).body(()).unwrap(),
+        ];
+        let text = record(MetricsConfig::default(), requests).await;
+        let line = count_line(&format!("https://{host}"), &path, 2);
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+
+    #[tokio::test]
+    async fn client_label_sets_past_the_cap_fold_endpoint_and_path() {
+        let config = MetricsConfig {
+            max_label_sets: 2,
+            ..MetricsConfig::default()
+        };
+        let requests = (0..5)
+            .map(|i| Request::get(format!("http://host-{i}/a")).body(()).unwrap())
+            .collect();
+        let text = record(config, requests).await;
+        for line in [
+            count_line("http://host-0", "/a", 1),
+            count_line("http://host-1", "/a", 1),
+            count_line("other", "other", 3),
+            "http_client_metric_label_overflow_total 3".to_owned(),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
     }
 }

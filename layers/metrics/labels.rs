@@ -1,49 +1,7 @@
-use std::collections::HashSet;
-use std::hash::BuildHasher;
-use std::sync::RwLock;
-
 use http::Method;
 
 /// The value a label takes once its metric has used up its label sets.
 pub(crate) const OTHER: &str = "other";
-
-/// Caps the label sets of one metric. A label set seen before passes; a new one passes while
-/// there is room; past the cap the caller folds its open-ended labels into [`OTHER`].
-pub(crate) struct LabelBudget {
-    seen: RwLock<HashSet<u64>>,
-    hasher: std::collections::hash_map::RandomState,
-    cap: usize,
-}
-
-impl LabelBudget {
-    pub(crate) fn new(cap: usize) -> Self {
-        LabelBudget {
-            seen: RwLock::new(HashSet::new()),
-            hasher: Default::default(),
-            cap,
-        }
-    }
-
-    /// Whether this label set may have a series of its own.
-    pub(crate) fn admit(&self, labels: &[&str]) -> bool {
-        let key = self.hasher.hash_one(labels);
-        if self
-            .seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
-            return true;
-        }
-        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if seen.len() < self.cap {
-            seen.insert(key);
-            return true;
-        }
-        // The caller records under `other`: one more series, not one per request.
-        false
-    }
-}
 
 /// The method as a label: the standard ones by name, anything else `_OTHER`, as OpenTelemetry
 /// does, so that a caller cannot mint label values by inventing methods.
@@ -126,16 +84,5 @@ mod tests {
             method_label(&Method::from_bytes(b"PURGE").unwrap()),
             "_OTHER"
         );
-    }
-
-    #[test]
-    fn the_budget_caps_label_sets() {
-        let budget = LabelBudget::new(3);
-        for i in 0..3 {
-            assert!(budget.admit(&["GET", &i.to_string()]));
-        }
-        assert!(budget.admit(&["GET", "0"]), "seen before");
-        assert!(!budget.admit(&["GET", "3"]));
-        assert!(!budget.admit(&["GET", "4"]));
     }
 }
