@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +11,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::labels::{method_label, normalize_path};
+use super::labels::{method_label, write_normalized_path, LabelText};
 use super::series::SeriesTable;
 use super::MetricsConfig;
 use crate::context::RouteTemplate;
@@ -145,27 +144,17 @@ impl<S: fmt::Debug> fmt::Debug for ClientMetricsService<S> {
     }
 }
 
-enum Path {
-    Template(RouteTemplate),
-    Text(Cow<'static, str>),
-}
-
-impl Path {
-    fn as_str(&self) -> &str {
-        match self {
-            Path::Template(t) => t.as_str(),
-            Path::Text(t) => t,
-        }
-    }
-}
-
 /// One call or attempt being measured; dropping it records it (499 if never answered).
 struct Recording {
     instruments: Arc<Instruments>,
     kind: Kind,
-    endpoint: String,
+    /// The endpoint label, then the path label: copied out of the request (which is gone by the
+    /// time the call is recorded) without a `String` per call. A route template is copied too:
+    /// cloning one built at run time (`RouteTemplate::owned`) would allocate.
+    text: LabelText,
+    /// Where the endpoint ends and the path begins in `text`.
+    endpoint_len: usize,
     method: &'static str,
-    path: Path,
     started: Instant,
     status: Status,
     breaker: bool,
@@ -190,7 +179,11 @@ impl Drop for Recording {
     fn drop(&mut self) {
         let i = &self.instruments;
         let elapsed = self.started.elapsed().as_secs_f64();
-        let (endpoint, path) = (self.endpoint.as_str(), self.path.as_str());
+        // Never out of bounds (`endpoint_len` is where the endpoint ended); checked, as a panic in
+        // `drop` would be worse than an empty label.
+        let (endpoint, path) = (self.text.as_str())
+            .split_at_checked(self.endpoint_len)
+            .unwrap_or_default();
         match self.kind {
             Kind::Call => {
                 let breaker = if self.breaker {
@@ -209,13 +202,11 @@ impl Drop for Recording {
     }
 }
 
-/// The endpoint label: the same destination a breaker scope names, or `unknown`.
-fn endpoint_label<B>(req: &Request<B>) -> String {
-    let mut label = String::new();
-    if !crate::destination::write_destination(req.uri(), req.headers(), &mut label) {
-        label.push_str("unknown");
+/// Writes the endpoint label: the same destination a breaker scope names, or `unknown`.
+fn write_endpoint<B>(req: &Request<B>, out: &mut LabelText) {
+    if !crate::destination::write_destination(req.uri(), req.headers(), out) {
+        out.push_str("unknown");
     }
-    label
 }
 
 /// The status label of a call that ended in an error: `circuit_open` when a breaker refused it,
@@ -255,19 +246,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = match req.extensions().get::<RouteTemplate>() {
-            Some(template) => Path::Template(template.clone()),
-            None if self.instruments.raw_paths => {
-                Path::Text(Cow::Owned(req.uri().path().to_owned()))
-            }
-            None => Path::Text(Cow::Owned(normalize_path(req.uri().path()))),
-        };
+        let mut text = LabelText::new();
+        write_endpoint(&req, &mut text);
+        let endpoint_len = text.len();
+        match req.extensions().get::<RouteTemplate>() {
+            Some(template) => text.push_str(template.as_str()),
+            None if self.instruments.raw_paths => text.push_str(req.uri().path()),
+            None => write_normalized_path(req.uri().path(), &mut text),
+        }
         let recording = Recording {
             instruments: self.instruments.clone(),
             kind: self.kind,
-            endpoint: endpoint_label(&req),
+            text,
+            endpoint_len,
             method: method_label(req.method()),
-            path,
             started: Instant::now(),
             // Until an outcome arrives: a call dropped unanswered is recorded as 499.
             status: Status::Failed("499"),
