@@ -173,11 +173,25 @@ impl Drop for Recording {
             .status
             .unwrap_or_else(|| StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("valid code"));
         let elapsed = self.started.elapsed().as_secs_f64();
-        let lowercased;
+        // A well-formed name is at most MAX_SERVICE_NAME_LEN bytes of ASCII: lowercased on the
+        // stack, not in a `String` per request.
+        let mut lowercased = [0u8; headers::MAX_SERVICE_NAME_LEN];
+        let heap;
         let client = match self.client.as_ref().and_then(|v| v.to_str().ok()) {
             Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-                lowercased = name.to_ascii_lowercase();
-                lowercased.as_str()
+                match lowercased.get_mut(..name.len()) {
+                    Some(buffer) => {
+                        buffer.copy_from_slice(name.as_bytes());
+                        buffer.make_ascii_lowercase();
+                        // ASCII in, ASCII out: this never fails.
+                        std::str::from_utf8(buffer).unwrap_or("unknown")
+                    }
+                    // Longer than `client_name` lets through: never, but stay correct.
+                    None => {
+                        heap = name.to_ascii_lowercase();
+                        heap.as_str()
+                    }
+                }
             }
             Some(name) => name,
             None => "unknown",
