@@ -1,12 +1,17 @@
 //! The destination of an outbound request: one rule for every per-destination table, so that a
 //! breaker scope, a metrics endpoint and a latency tracker name the same destination alike.
 
+use std::fmt;
+
 use http::{HeaderMap, Uri};
 
 /// Appends `scheme://authority` of an outbound request to `out`. The scheme defaults to `http`;
 /// a relative URI takes its authority from `Host`. Returns `false`, writing nothing, when
 /// neither gives an authority.
-pub(crate) fn write_destination(uri: &Uri, headers: &HeaderMap, out: &mut String) -> bool {
+///
+/// `out` is any writer that cannot fail: a `String`, or the metrics layer's label text, which
+/// keeps short labels inline so that a request does not allocate one.
+pub(crate) fn write_destination(uri: &Uri, headers: &HeaderMap, out: &mut impl fmt::Write) -> bool {
     let authority = uri.authority().map(|a| a.as_str()).or_else(|| {
         headers
             .get(http::header::HOST)
@@ -15,9 +20,11 @@ pub(crate) fn write_destination(uri: &Uri, headers: &HeaderMap, out: &mut String
     let Some(authority) = authority else {
         return false;
     };
-    out.push_str(uri.scheme_str().unwrap_or("http"));
-    out.push_str("://");
-    out.push_str(authority);
+    // Writers that cannot fail: there is no error to pass on.
+    let _ = out
+        .write_str(uri.scheme_str().unwrap_or("http"))
+        .and_then(|()| out.write_str("://"))
+        .and_then(|()| out.write_str(authority));
     true
 }
 

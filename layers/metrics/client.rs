@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,21 +11,24 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::labels::{method_label, normalize_path, LabelBudget, OTHER};
+use super::labels::{method_label, write_normalized_path, LabelText};
+use super::series::SeriesTable;
 use super::MetricsConfig;
 use crate::context::RouteTemplate;
 use crate::error::{find_source, BoxError};
 use crate::headers;
 
 struct Instruments {
-    call: HistogramVec,
-    attempt: HistogramVec,
-    overflow: IntCounter,
-    call_labels: LabelBudget,
-    attempt_labels: LabelBudget,
+    /// By endpoint, method, path, status and circuit_breaker.
+    call: SeriesTable<5>,
+    /// By endpoint, method, path and status.
+    attempt: SeriesTable<4>,
     breaker_values: (&'static str, &'static str),
     raw_paths: bool,
 }
+
+/// The client labels that fold into `other` past the cap: endpoint and path.
+const OPEN_LABELS: &[usize] = &[0, 2];
 
 /// Client metrics: a histogram of whole calls (what the caller saw, retries included) and one of
 /// single attempts (aio-request's transport latency), by endpoint, method, path and status.
@@ -67,11 +69,8 @@ impl ClientMetrics {
         registry.register(Box::new(overflow.clone()))?;
         Ok(ClientMetrics {
             instruments: Arc::new(Instruments {
-                call,
-                attempt,
-                overflow,
-                call_labels: LabelBudget::new(config.max_label_sets),
-                attempt_labels: LabelBudget::new(config.max_label_sets),
+                call: SeriesTable::new(call, OPEN_LABELS, overflow.clone(), config.max_label_sets),
+                attempt: SeriesTable::new(attempt, OPEN_LABELS, overflow, config.max_label_sets),
                 breaker_values: names.breaker_values,
                 raw_paths: config.raw_paths,
             }),
@@ -145,27 +144,17 @@ impl<S: fmt::Debug> fmt::Debug for ClientMetricsService<S> {
     }
 }
 
-enum Path {
-    Template(RouteTemplate),
-    Text(Cow<'static, str>),
-}
-
-impl Path {
-    fn as_str(&self) -> &str {
-        match self {
-            Path::Template(t) => t.as_str(),
-            Path::Text(t) => t,
-        }
-    }
-}
-
 /// One call or attempt being measured; dropping it records it (499 if never answered).
 struct Recording {
     instruments: Arc<Instruments>,
     kind: Kind,
-    endpoint: String,
+    /// The endpoint label, then the path label: copied out of the request (which is gone by the
+    /// time the call is recorded) without a `String` per call. A route template is copied too:
+    /// cloning one built at run time (`RouteTemplate::owned`) would allocate.
+    text: LabelText,
+    /// Where the endpoint ends and the path begins in `text`.
+    endpoint_len: usize,
     method: &'static str,
-    path: Path,
     started: Instant,
     status: Status,
     breaker: bool,
@@ -190,7 +179,11 @@ impl Drop for Recording {
     fn drop(&mut self) {
         let i = &self.instruments;
         let elapsed = self.started.elapsed().as_secs_f64();
-        let (endpoint, path) = (self.endpoint.as_str(), self.path.as_str());
+        // Never out of bounds (`endpoint_len` is where the endpoint ended); checked, as a panic in
+        // `drop` would be worse than an empty label.
+        let (endpoint, path) = (self.text.as_str())
+            .split_at_checked(self.endpoint_len)
+            .unwrap_or_default();
         match self.kind {
             Kind::Call => {
                 let breaker = if self.breaker {
@@ -198,34 +191,22 @@ impl Drop for Recording {
                 } else {
                     i.breaker_values.1
                 };
-                let mut labels = [endpoint, self.method, path, self.status.as_str(), breaker];
-                if !i.call_labels.admit(&labels) {
-                    i.overflow.inc();
-                    labels[0] = OTHER;
-                    labels[2] = OTHER;
-                }
-                i.call.with_label_values(&labels).observe(elapsed);
+                let labels = [endpoint, self.method, path, self.status.as_str(), breaker];
+                i.call.observe(labels, elapsed);
             }
             Kind::Attempt => {
-                let mut labels = [endpoint, self.method, path, self.status.as_str()];
-                if !i.attempt_labels.admit(&labels) {
-                    i.overflow.inc();
-                    labels[0] = OTHER;
-                    labels[2] = OTHER;
-                }
-                i.attempt.with_label_values(&labels).observe(elapsed);
+                let labels = [endpoint, self.method, path, self.status.as_str()];
+                i.attempt.observe(labels, elapsed);
             }
         }
     }
 }
 
-/// The endpoint label: the same destination a breaker scope names, or `unknown`.
-fn endpoint_label<B>(req: &Request<B>) -> String {
-    let mut label = String::new();
-    if !crate::destination::write_destination(req.uri(), req.headers(), &mut label) {
-        label.push_str("unknown");
+/// Writes the endpoint label: the same destination a breaker scope names, or `unknown`.
+fn write_endpoint<B>(req: &Request<B>, out: &mut LabelText) {
+    if !crate::destination::write_destination(req.uri(), req.headers(), out) {
+        out.push_str("unknown");
     }
-    label
 }
 
 /// The status label of a call that ended in an error: `circuit_open` when a breaker refused it,
@@ -265,19 +246,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = match req.extensions().get::<RouteTemplate>() {
-            Some(template) => Path::Template(template.clone()),
-            None if self.instruments.raw_paths => {
-                Path::Text(Cow::Owned(req.uri().path().to_owned()))
-            }
-            None => Path::Text(Cow::Owned(normalize_path(req.uri().path()))),
-        };
+        let mut text = LabelText::new();
+        write_endpoint(&req, &mut text);
+        let endpoint_len = text.len();
+        match req.extensions().get::<RouteTemplate>() {
+            Some(template) => text.push_str(template.as_str()),
+            None if self.instruments.raw_paths => text.push_str(req.uri().path()),
+            None => write_normalized_path(req.uri().path(), &mut text),
+        }
         let recording = Recording {
             instruments: self.instruments.clone(),
             kind: self.kind,
-            endpoint: endpoint_label(&req),
+            text,
+            endpoint_len,
             method: method_label(req.method()),
-            path,
             started: Instant::now(),
             // Until an outcome arrives: a call dropped unanswered is recorded as 499.
             status: Status::Failed("499"),
@@ -330,5 +312,101 @@ where
             }
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::metrics::render;
+
+    /// Sends each request through the call layer (over a service that answers 200) and returns
+    /// the exposition.
+    async fn record(config: MetricsConfig, requests: Vec<Request<()>>) -> String {
+        let registry = Registry::new();
+        let metrics = ClientMetrics::register(&registry, config).unwrap();
+        let ok = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::io::Error>(Response::new(()))
+        });
+        let service = metrics.call_layer().layer(ok);
+        for request in requests {
+            service.clone().oneshot(request).await.unwrap();
+        }
+        render(&registry).unwrap()
+    }
+
+    fn count_line(endpoint: &str, path: &str, count: u64) -> String {
+        format!(
+            r#"http_client_request_duration_seconds_count{{circuit_breaker="false",endpoint="{endpoint}",method="GET",path="{path}",status="200"}} {count}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn the_path_label_is_the_template_or_the_normalised_or_raw_path() {
+        let mut templated = Request::get("http://api:8080/users/42").body(()).unwrap();
+        templated
+            .extensions_mut()
+            .insert(RouteTemplate::owned("/users/{user}".to_owned()));
+        let requests = vec![
+            templated,
+            Request::get("http://api:8080/users/42").body(()).unwrap(),
+            Request::get("http://api:8080/users/43").body(()).unwrap(),
+        ];
+        let text = record(MetricsConfig::default(), requests).await;
+        for line in [
+            count_line("http://api:8080", "/users/{user}", 1),
+            count_line("http://api:8080", "/users/{id}", 2),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+
+        let config = MetricsConfig {
+            raw_paths: true,
+            ..MetricsConfig::default()
+        };
+        let requests = vec![Request::get("http://api:8080/users/42?x=1")
+            .body(())
+            .unwrap()];
+        let text = record(config, requests).await;
+        let line = count_line("http://api:8080", "/users/42", 1);
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+
+    #[tokio::test]
+    async fn labels_longer_than_the_inline_room_are_whole() {
+        let host = format!("{}.example", "h".repeat(150));
+        let segment = "s".repeat(40);
+        let path = format!("/{segment}/{segment}/{segment}");
+        let uri = format!("https://{host}{path}");
+        let requests = vec![
+            Request::get(&uri).body(()).unwrap(),
+            Request::get(&uri).body(()).unwrap(),
+        ];
+        let text = record(MetricsConfig::default(), requests).await;
+        let line = count_line(&format!("https://{host}"), &path, 2);
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+
+    #[tokio::test]
+    async fn client_label_sets_past_the_cap_fold_endpoint_and_path() {
+        let config = MetricsConfig {
+            max_label_sets: 2,
+            ..MetricsConfig::default()
+        };
+        let requests = (0..5)
+            .map(|i| Request::get(format!("http://host-{i}/a")).body(()).unwrap())
+            .collect();
+        let text = record(config, requests).await;
+        for line in [
+            count_line("http://host-0", "/a", 1),
+            count_line("http://host-1", "/a", 1),
+            count_line("other", "other", 3),
+            "http_client_metric_label_overflow_total 3".to_owned(),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
     }
 }

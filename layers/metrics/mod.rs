@@ -68,6 +68,7 @@ mod labels;
 #[cfg(feature = "load-shed")]
 mod load_shed;
 mod names;
+mod series;
 mod server;
 #[cfg(feature = "strategy")]
 mod strategy;

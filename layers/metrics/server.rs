@@ -12,18 +12,21 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::labels::{method_label, LabelBudget, OTHER};
+use super::labels::method_label;
+use super::series::SeriesTable;
 use super::{MetricNames, MetricsConfig};
 use crate::context::RouteTemplate;
 use crate::headers;
 
 /// The server's instruments, registered once and shared by every request.
 struct Instruments {
-    duration: HistogramVec,
+    /// By client, method, route and status.
+    duration: SeriesTable<4>,
     in_flight: IntGauge,
-    overflow: IntCounter,
-    labels: LabelBudget,
 }
+
+/// The server labels that fold into `other` past the cap: client and route.
+const OPEN_LABELS: &[usize] = &[0, 2];
 
 /// Server metrics: a latency histogram by client, method, route and status, and an in-flight
 /// gauge. Register once, then wrap the routes with [`layer`](Self::layer).
@@ -64,10 +67,8 @@ impl ServerMetrics {
         registry.register(Box::new(overflow.clone()))?;
         Ok(ServerMetrics {
             instruments: Arc::new(Instruments {
-                duration,
+                duration: SeriesTable::new(duration, OPEN_LABELS, overflow, config.max_label_sets),
                 in_flight,
-                overflow,
-                labels: LabelBudget::new(config.max_label_sets),
             }),
         })
     }
@@ -171,25 +172,32 @@ impl Drop for Recording {
         let status = self
             .status
             .unwrap_or_else(|| StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("valid code"));
-        let lowercased;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        // A well-formed name is at most MAX_SERVICE_NAME_LEN bytes of ASCII: lowercased on the
+        // stack, not in a `String` per request.
+        let mut lowercased = [0u8; headers::MAX_SERVICE_NAME_LEN];
+        let heap;
         let client = match self.client.as_ref().and_then(|v| v.to_str().ok()) {
             Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-                lowercased = name.to_ascii_lowercase();
-                lowercased.as_str()
+                match lowercased.get_mut(..name.len()) {
+                    Some(buffer) => {
+                        buffer.copy_from_slice(name.as_bytes());
+                        buffer.make_ascii_lowercase();
+                        // ASCII in, ASCII out: this never fails.
+                        std::str::from_utf8(buffer).unwrap_or("unknown")
+                    }
+                    // Longer than `client_name` lets through: never, but stay correct.
+                    None => {
+                        heap = name.to_ascii_lowercase();
+                        heap.as_str()
+                    }
+                }
             }
             Some(name) => name,
             None => "unknown",
         };
-        let mut labels = [client, self.method, self.route.as_str(), status.as_str()];
-        if !instruments.labels.admit(&labels) {
-            instruments.overflow.inc();
-            labels[0] = OTHER;
-            labels[2] = OTHER;
-        }
-        instruments
-            .duration
-            .with_label_values(&labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        let labels = [client, self.method, self.route.as_str(), status.as_str()];
+        instruments.duration.observe(labels, elapsed);
     }
 }
 

@@ -180,3 +180,28 @@ async fn an_inner_error_is_recorded_as_500() {
     );
     assert!(text.contains("http_server_active_requests 0"));
 }
+
+#[tokio::test]
+async fn a_caller_name_of_the_longest_allowed_length_is_lowercased_whole() {
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(server.layer());
+    let name = format!(
+        "Svc-{}",
+        "A".repeat(crate::headers::MAX_SERVICE_NAME_LEN - 4)
+    );
+    let request = Request::get("/")
+        .header("x-service-name", &name)
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    let text = render(&registry).unwrap();
+    let line = format!(
+        r#"client="{}",method="GET",route="/",status="200"}} 1"#,
+        name.to_ascii_lowercase()
+    );
+    assert!(text.contains(&line), "missing {line}\n{text}");
+}
