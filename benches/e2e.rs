@@ -29,8 +29,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 use tower_lifeline::client::Client;
-use tower_lifeline::strategy::{Strategy, StrategyLayer};
 use tower_lifeline::server::Server;
+use tower_lifeline::strategy::{Strategy, StrategyLayer};
 
 struct Options {
     rounds: u32,
