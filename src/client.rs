@@ -459,9 +459,8 @@ impl Client {
     pub async fn send(&self, mut request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
         // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
         // and the reading of its body work to the same instant.
-        let deadline = effective_deadline(request.extensions(), self.default_timeout);
+        let (deadline, allowed) = effective_deadline(request.extensions(), self.default_timeout);
         request.extensions_mut().insert(deadline);
-        let allowed = deadline.remaining();
         let response = self.stack.clone().oneshot(request).await?;
         Ok(ClientResponse {
             response,

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{DEFAULT_LOW_TIME_THRESHOLD, DEFAULT_MAX_TIMEOUT, DEFAULT_TIMEOUT};
-use crate::context::{Deadline, InContext, RequestContext};
+use crate::context::{instant_after, Deadline, InContext, RequestContext};
 use crate::headers;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,10 @@ where
         let timeout = from_caller
             .unwrap_or(settings.default_timeout)
             .min(settings.max_timeout);
-        let deadline = Deadline::after(timeout);
+        // One read of the clock for the deadline and the time left to it.
+        let now = Instant::now();
+        let deadline = Deadline::at(instant_after(now, timeout));
+        let left = deadline.instant().saturating_duration_since(now);
         let expiry = settings
             .cancel_on_expiry
             .then(|| Arc::new(Mutex::new(deadline)));
@@ -154,7 +157,7 @@ where
                 expiry: expiry.clone(),
             });
         }
-        admit(&mut self.inner, req, deadline, settings, expiry)
+        admit(&mut self.inner, req, deadline, left, settings, expiry)
     }
 }
 
@@ -267,23 +270,31 @@ where
             cancel_on_expiry: cancel_here,
             ..outer.settings
         };
-        admit(&mut self.inner, req, deadline, settings, None)
+        admit(
+            &mut self.inner,
+            req,
+            deadline,
+            deadline.remaining(),
+            settings,
+            None,
+        )
     }
 }
 
-/// Refuses the request if too little time is left; otherwise runs the inner service inside the
-/// request context, with a timer when the handler is to be cancelled at expiry.
+/// Refuses the request if too little time is `left` before `deadline`; otherwise runs the inner
+/// service inside the request context, with a timer when the handler is to be cancelled at
+/// expiry.
 fn admit<S, B, ResBody>(
     inner: &mut S,
     mut req: Request<B>,
     deadline: Deadline,
+    left: Duration,
     settings: Settings,
     shared_expiry: Option<Arc<Mutex<Deadline>>>,
 ) -> ServerDeadlineFuture<S::Future>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    let left = deadline.remaining();
     if left < settings.low_time_threshold {
         tracing::debug!(
             left = ?left,

@@ -479,6 +479,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
+        // Read once: the time left to the deadline and the start of the handler's latency.
+        let now = Instant::now();
         let ctx = RequestContext::of(&req);
         let priority = ctx.priority();
 
@@ -487,7 +489,7 @@ where
             (shared.deadline_admission, ctx.deadline(), &route)
         {
             if let Some(typical) = route.get() {
-                let left = deadline.remaining();
+                let left = deadline.instant().saturating_duration_since(now);
                 if left < typical && !route.probe_instead() {
                     shared
                         .counters
@@ -510,7 +512,7 @@ where
                 inner: self.inner.call(req),
                 slot: Some(slot),
                 route,
-                started: Instant::now(),
+                started: now,
             },
         }
     }
