@@ -95,7 +95,13 @@ impl Deadline {
 
     /// The time left before the deadline, zero once it has passed.
     pub fn remaining(self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
+        self.remaining_at(Instant::now())
+    }
+
+    /// The time left at `now`, zero once it has passed: for a layer that has already read the
+    /// clock for something else in the same call.
+    pub(crate) fn remaining_at(self, now: Instant) -> Duration {
+        self.0.saturating_duration_since(now)
     }
 
     /// Whether the deadline has passed.
@@ -272,6 +278,7 @@ impl RequestContext {
 
     /// Stores this context in `req`'s extensions: in place when one is there already (a layer
     /// further out put it), which spares the box a new extension costs.
+    #[cfg(any(feature = "deadline", feature = "priority"))]
     pub(crate) fn store_in<B>(self, req: &mut http::Request<B>) {
         match req.extensions_mut().get_mut::<RequestContext>() {
             Some(existing) => *existing = self,

@@ -29,7 +29,7 @@ pub(crate) fn effective_deadline(
         Deadline::at(instant_after(now, default_timeout)),
         Deadline::earliest,
     );
-    (deadline, deadline.instant().saturating_duration_since(now))
+    (deadline, deadline.remaining_at(now))
 }
 
 /// What [`ClientDeadline`] gives its caller when time runs out, before or after sending.

@@ -146,7 +146,7 @@ where
         // One read of the clock for the deadline and the time left to it.
         let now = Instant::now();
         let deadline = Deadline::at(instant_after(now, timeout));
-        let left = deadline.instant().saturating_duration_since(now);
+        let left = deadline.remaining_at(now);
         let expiry = settings
             .cancel_on_expiry
             .then(|| Arc::new(Mutex::new(deadline)));

@@ -489,7 +489,7 @@ where
             (shared.deadline_admission, ctx.deadline(), &route)
         {
             if let Some(typical) = route.get() {
-                let left = deadline.instant().saturating_duration_since(now);
+                let left = deadline.remaining_at(now);
                 if left < typical && !route.probe_instead() {
                     shared
                         .counters
