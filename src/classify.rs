@@ -1,62 +1,113 @@
-//! Response classification: whether an outcome is a success to keep or a failure to retry.
+//! Response classification: the [`Outcome`] of an attempt, judged once and read by every layer.
 //!
-//! One classifier is shared by the strategies (retry or not) and the circuit breaker (count a
-//! failure or not), so both layers agree on what failed. The default is aio-request's:
+//! One classifier is shared by the strategies (retry or not), the circuit breaker (count a
+//! failure or not), the percentile delays (a latency sample or not) and the metrics, so all of
+//! them agree on what happened. The default is aio-request's, in its order:
 //!
-//! - a response carrying `X-Do-Not-Retry` is accepted, whatever its status;
-//! - 5xx, 408 and 429 are rejected;
-//! - transport errors (refused, reset, timed out) are rejected;
-//! - a call the deadline layer refused to send, for want of time, is final: no time is left
-//!   for another attempt;
-//! - a call an open circuit breaker refused is final: the breaker answers for the destination;
-//! - an attempt the caller's deadline cut short is final, and no failure of the destination;
-//! - everything else is accepted.
+//! - a per-status override ([`DefaultClassifier::with_status`]) comes first, as aio-request
+//!   checks `verdict_for_status` first;
+//! - a response carrying `X-Do-Not-Retry` is a [`Success`](Outcome::Success), whatever its
+//!   status (aio-request accepts it; the server asked for no repeat);
+//! - 5xx, 408 and 429 are a [`Failure`](Outcome::Failure);
+//! - everything else is a [`Success`](Outcome::Success).
+//!
+//! Errors are judged by [`outcome_of_error`], which finds the typed errors of the stack:
+//!
+//! - the request never left ([`Outcome::NotSent`]): a connect error (refused, timed out, DNS),
+//!   `ECONNREFUSED`, an HTTP/2 stream the server refused (`REFUSED_STREAM`);
+//! - no connection free in time ([`Outcome::NotSentLocally`]): the `Client` preset's
+//!   [`PoolTimeout`](crate::client::PoolTimeout);
+//! - refused here ([`Outcome::Refused`]): a call the deadline layer did not send for want of
+//!   time, a call an open breaker refused, a response body over the cap;
+//! - everything else, attempts that ran out of time included, whichever layer cut them, is a
+//!   [`Failure`](Outcome::Failure).
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use tower_lifeline::classify::{Classify, DefaultClassifier, Verdict};
+//! use tower_lifeline::classify::{Classify, DefaultClassifier};
+//! use tower_lifeline::outcome::Outcome;
 //!
-//! let classifier = DefaultClassifier::new().with_status(StatusCode::NOT_IMPLEMENTED, Verdict::Accept);
+//! let classifier = DefaultClassifier::new().with_status(StatusCode::NOT_IMPLEMENTED, Outcome::Success);
 //! let headers = HeaderMap::new();
-//! assert_eq!(classifier.classify_response(StatusCode::SERVICE_UNAVAILABLE, &headers), Verdict::Reject);
-//! assert_eq!(classifier.classify_response(StatusCode::NOT_IMPLEMENTED, &headers), Verdict::Accept);
-//! assert_eq!(classifier.classify_response(StatusCode::NOT_FOUND, &headers), Verdict::Accept);
+//! assert_eq!(classifier.classify_response(StatusCode::SERVICE_UNAVAILABLE, &headers), Outcome::Failure);
+//! assert_eq!(classifier.classify_response(StatusCode::NOT_IMPLEMENTED, &headers), Outcome::Success);
+//! assert_eq!(classifier.classify_response(StatusCode::NOT_FOUND, &headers), Outcome::Success);
 //! ```
 
 use std::error::Error;
 
 use http::{HeaderMap, StatusCode};
 
+use crate::error::find_source;
 use crate::headers;
+pub use crate::outcome::Outcome;
 
-/// What a classifier makes of an outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// A success, or a failure that repeating would not mend: keep it, count it as a success.
-    Accept,
-    /// A failure worth another attempt: retry it (budget allowing), count it against the breaker.
-    Reject,
-}
-
-/// Classifies responses and transport errors.
+/// Classifies responses and errors into an [`Outcome`].
 ///
 /// It sees only the status and headers, never the body, so classifying costs nothing and works
-/// for any body type.
+/// for any body type. A body that fails is an error of the attempt when the body is read inside
+/// it (the `Client` preset does, and so does [`ReadBodyLayer`](crate::read_body::ReadBodyLayer)).
 pub trait Classify: Clone + Send + Sync + 'static {
-    /// The verdict on a response.
-    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Verdict;
+    /// The outcome of a response.
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;
 
-    /// The verdict on a transport error. By default every error is rejected.
-    fn classify_error(&self, error: &(dyn Error + 'static)) -> Verdict {
-        let _ = error;
-        Verdict::Reject
+    /// The outcome of an error. By default [`outcome_of_error`].
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Outcome {
+        outcome_of_error(error)
     }
+}
+
+/// The outcome of an error from the client stack: see the [module docs](self).
+pub fn outcome_of_error(error: &(dyn Error + 'static)) -> Outcome {
+    #[cfg(feature = "deadline")]
+    if let Some(exceeded) = find_source::<crate::deadline::DeadlineExceeded>(error) {
+        // Sent and cut at the deadline: the destination did not answer in time.
+        return if exceeded.was_sent() {
+            Outcome::Failure
+        } else {
+            Outcome::Refused
+        };
+    }
+    #[cfg(feature = "circuit-breaker")]
+    if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
+        return Outcome::Refused;
+    }
+    #[cfg(feature = "client")]
+    if find_source::<crate::client::PoolTimeout>(error).is_some() {
+        return Outcome::NotSentLocally;
+    }
+    #[cfg(feature = "read-body")]
+    if find_source::<crate::read_body::ResponseBodyTooLarge>(error).is_some() {
+        return Outcome::Refused;
+    }
+    if never_left(error) {
+        return Outcome::NotSent;
+    }
+    Outcome::Failure
+}
+
+/// Whether an error says the request never reached the server.
+fn never_left(error: &(dyn Error + 'static)) -> bool {
+    #[cfg(feature = "client")]
+    if find_source::<hyper_util::client::legacy::Error>(error).is_some_and(|e| e.is_connect()) {
+        return true;
+    }
+    #[cfg(feature = "client")]
+    if find_source::<h2::Error>(error).is_some_and(|e| {
+        // The server refused the stream before processing it (RFC 9113, 8.7), or a GOAWAY
+        // told us it will never process it.
+        e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+    }) {
+        return true;
+    }
+    find_source::<std::io::Error>(error)
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 /// aio-request's classification, with per-status overrides. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct DefaultClassifier {
-    overrides: Vec<(StatusCode, Verdict)>,
+    overrides: Vec<(StatusCode, Outcome)>,
 }
 
 impl DefaultClassifier {
@@ -65,55 +116,32 @@ impl DefaultClassifier {
         Self::default()
     }
 
-    /// Gives `status` the verdict `verdict`, whatever the default says. `X-Do-Not-Retry` still
-    /// wins over an override: the server's word is final.
-    pub fn with_status(mut self, status: StatusCode, verdict: Verdict) -> Self {
+    /// Gives `status` the outcome `outcome`, whatever the default says. It comes before
+    /// `X-Do-Not-Retry`, as aio-request's `verdict_for_status` does.
+    pub fn with_status(mut self, status: StatusCode, outcome: Outcome) -> Self {
         self.overrides.retain(|(s, _)| *s != status);
-        self.overrides.push((status, verdict));
+        self.overrides.push((status, outcome));
         self
     }
 }
 
 impl Classify for DefaultClassifier {
-    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
-        if headers::is_do_not_retry(headers) {
-            return Verdict::Accept;
-        }
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
         // A short linear scan: overrides are few, and a Vec keeps the default allocation-free.
-        if let Some((_, verdict)) = self.overrides.iter().find(|(s, _)| *s == status) {
-            return *verdict;
+        if let Some((_, outcome)) = self.overrides.iter().find(|(s, _)| *s == status) {
+            return *outcome;
+        }
+        if headers::is_do_not_retry(headers) {
+            return Outcome::Success;
         }
         if status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
         {
-            Verdict::Reject
+            Outcome::Failure
         } else {
-            Verdict::Accept
+            Outcome::Success
         }
-    }
-
-    fn classify_error(&self, error: &(dyn Error + 'static)) -> Verdict {
-        #[cfg(feature = "deadline")]
-        if crate::error::find_source::<crate::deadline::DeadlineExceeded>(error)
-            .is_some_and(|e| !e.was_sent())
-        {
-            return Verdict::Accept;
-        }
-        #[cfg(feature = "circuit-breaker")]
-        if crate::error::find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
-            return Verdict::Accept;
-        }
-        // An attempt cut short by the caller's own deadline says nothing about the destination
-        // (a breaker must not open on a healthy one) and leaves no time for another attempt.
-        #[cfg(feature = "timeout")]
-        if crate::error::find_source::<crate::timeout::AttemptTimedOut>(error)
-            .is_some_and(|e| e.by_deadline())
-        {
-            return Verdict::Accept;
-        }
-        let _ = error;
-        Verdict::Reject
     }
 }
 
@@ -125,53 +153,54 @@ mod tests {
     fn default_table() {
         let c = DefaultClassifier::new();
         let empty = HeaderMap::new();
-        for (code, verdict) in [
-            (200, Verdict::Accept),
-            (204, Verdict::Accept),
-            (301, Verdict::Accept),
-            (400, Verdict::Accept),
-            (404, Verdict::Accept),
-            (408, Verdict::Reject),
-            (429, Verdict::Reject),
-            (500, Verdict::Reject),
-            (502, Verdict::Reject),
-            (503, Verdict::Reject),
-            (599, Verdict::Reject),
+        for (code, outcome) in [
+            (200, Outcome::Success),
+            (204, Outcome::Success),
+            (301, Outcome::Success),
+            (400, Outcome::Success),
+            (404, Outcome::Success),
+            (408, Outcome::Failure),
+            (429, Outcome::Failure),
+            (500, Outcome::Failure),
+            (502, Outcome::Failure),
+            (503, Outcome::Failure),
+            (599, Outcome::Failure),
         ] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(c.classify_response(status, &empty), verdict, "{code}");
+            assert_eq!(c.classify_response(status, &empty), outcome, "{code}");
         }
     }
 
     #[test]
-    fn do_not_retry_accepts_any_status() {
+    fn do_not_retry_is_a_success_unless_an_override_says_otherwise() {
         let mut headers = HeaderMap::new();
         headers.insert(headers::X_DO_NOT_RETRY, headers::FLAG_SET);
-        let c = DefaultClassifier::new().with_status(StatusCode::BAD_GATEWAY, Verdict::Reject);
+        let c = DefaultClassifier::new().with_status(StatusCode::BAD_GATEWAY, Outcome::Failure);
+        // aio-request checks `verdict_for_status` before the header.
         assert_eq!(
             c.classify_response(StatusCode::BAD_GATEWAY, &headers),
-            Verdict::Accept
+            Outcome::Failure
         );
         assert_eq!(
             c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &headers),
-            Verdict::Accept
+            Outcome::Success
         );
     }
 
     #[test]
     fn overrides_replace_earlier_overrides() {
         let c = DefaultClassifier::new()
-            .with_status(StatusCode::CONFLICT, Verdict::Reject)
-            .with_status(StatusCode::CONFLICT, Verdict::Accept);
+            .with_status(StatusCode::CONFLICT, Outcome::Failure)
+            .with_status(StatusCode::CONFLICT, Outcome::Success);
         assert_eq!(
             c.classify_response(StatusCode::CONFLICT, &HeaderMap::new()),
-            Verdict::Accept
+            Outcome::Success
         );
     }
 
     #[cfg(feature = "circuit-breaker")]
     #[test]
-    fn an_open_breakers_refusal_is_final() {
+    fn an_open_breakers_refusal_is_refused_not_a_failure() {
         let open: crate::error::BoxError = Box::new(crate::circuit_breaker::CircuitOpen::new(
             "http://backend".into(),
             crate::circuit_breaker::CircuitState::Open,
@@ -179,35 +208,40 @@ mod tests {
         ));
         assert_eq!(
             DefaultClassifier::new().classify_error(open.as_ref()),
-            Verdict::Accept
+            Outcome::Refused
         );
     }
 
     #[test]
-    fn errors_are_rejected() {
-        let err = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    fn a_reset_is_a_failure_and_a_refused_connection_never_left() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(
-            DefaultClassifier::new().classify_error(&err),
-            Verdict::Reject
+            DefaultClassifier::new().classify_error(&reset),
+            Outcome::Failure
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            DefaultClassifier::new().classify_error(&refused),
+            Outcome::NotSent
         );
     }
 
     #[cfg(feature = "deadline")]
     #[test]
-    fn a_call_refused_for_want_of_time_is_final() {
+    fn a_call_refused_for_want_of_time_is_refused_and_one_cut_after_sending_failed() {
         use crate::deadline::DeadlineExceeded;
         use std::time::Duration;
         let c = DefaultClassifier::new();
         let not_sent =
             DeadlineExceeded::not_sent(Duration::from_millis(1), Duration::from_millis(5));
-        assert_eq!(c.classify_error(&not_sent), Verdict::Accept);
+        assert_eq!(c.classify_error(&not_sent), Outcome::Refused);
         let elapsed = DeadlineExceeded::elapsed(Duration::from_secs(1));
-        assert_eq!(c.classify_error(&elapsed), Verdict::Reject);
+        assert_eq!(c.classify_error(&elapsed), Outcome::Failure);
     }
 
     #[cfg(feature = "timeout")]
     #[tokio::test(start_paused = true)]
-    async fn an_attempt_cut_by_the_deadline_is_final_but_its_own_timeout_is_not() {
+    async fn an_attempt_cut_by_the_deadline_or_its_own_timeout_is_a_failure_of_the_destination() {
         use crate::context::Deadline;
         use std::time::Duration;
         use tower::{Layer, ServiceExt};
@@ -223,19 +257,19 @@ mod tests {
         };
         assert_eq!(
             classify(Duration::from_millis(100)).await,
-            Verdict::Accept,
+            Outcome::Failure,
             "deadline"
         );
         assert_eq!(
             classify(Duration::from_secs(10)).await,
-            Verdict::Reject,
+            Outcome::Failure,
             "own timeout"
         );
     }
 
     #[cfg(feature = "circuit-breaker")]
     #[tokio::test(start_paused = true)]
-    async fn a_breaker_refusal_is_final() {
+    async fn a_breaker_refusal_is_refused() {
         use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerSettings};
         use std::time::Duration;
         use tower::{Layer, ServiceExt};
@@ -253,12 +287,12 @@ mod tests {
         let first = layer.layer(failing).oneshot(request()).await.unwrap_err();
         assert_eq!(
             DefaultClassifier::new().classify_error(first.as_ref()),
-            Verdict::Reject
+            Outcome::Failure
         );
         let refused = layer.layer(failing).oneshot(request()).await.unwrap_err();
         assert_eq!(
             DefaultClassifier::new().classify_error(refused.as_ref()),
-            Verdict::Accept
+            Outcome::Refused
         );
     }
 }

@@ -128,6 +128,13 @@ impl Deadline {
     }
 }
 
+/// Marks a request whose [`Deadline`] is one attempt's share of the call's deadline (the strategy
+/// layer's [`Split`](crate::strategy::AttemptDeadline::Split)), not the call's own: an attempt
+/// timeout that runs out at it has spent its share, and the call may still have time to retry.
+#[cfg(feature = "strategy")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadlineShare;
+
 /// How important a request is: load shedding drops `Low` first and keeps room for `High`.
 ///
 /// Parsed case-insensitively and displayed lowercase, as `X-Request-Priority` carries it.

@@ -64,6 +64,7 @@ pub mod classify;
 pub mod context;
 pub mod error;
 pub mod headers;
+pub mod outcome;
 
 mod builder;
 #[cfg(any(feature = "metrics", feature = "strategy", feature = "circuit-breaker"))]
@@ -118,5 +119,10 @@ pub mod timeout;
 #[path = "../layers/circuit_breaker/mod.rs"]
 pub mod circuit_breaker;
 
+#[cfg(feature = "read-body")]
+#[path = "../layers/read_body/mod.rs"]
+pub mod read_body;
+
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
+pub use outcome::Outcome;

@@ -406,10 +406,18 @@ fn strategy_choices() -> Vec<(&'static str, StrategyLayer, Option<Strategy>)> {
 
 #[tokio::test]
 async fn a_post_without_idempotency_key_reaches_the_server_once_under_every_fault() {
+    // Strategies the client chose, not ones its caller asked for on the request: a caller's
+    // explicit strategy is honoured for any method. The resends of requests that never left are
+    // on (the default): none of these faults is one, since each server read the request.
     let mut checked = 0;
+    let configured = || {
+        strategy_choices()
+            .into_iter()
+            .filter(|(_, _, per_request)| per_request.is_none())
+    };
     for fault in ALL_FAULTS {
         let server = FaultServer::start(fault);
-        for (name, layer, per_request) in strategy_choices() {
+        for (name, layer, per_request) in configured() {
             let client = Client::builder().strategy(layer).build().unwrap();
             let before = server.requests();
             let mut request = client
@@ -436,7 +444,7 @@ async fn a_post_without_idempotency_key_reaches_the_server_once_under_every_faul
             checked += 1;
         }
     }
-    assert_eq!(checked, ALL_FAULTS.len() * strategy_choices().len());
+    assert_eq!(checked, ALL_FAULTS.len() * configured().count());
 }
 
 #[tokio::test]

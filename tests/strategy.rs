@@ -166,14 +166,31 @@ async fn a_post_without_idempotency_key_reaches_the_server_once() {
     ] {
         let before = seen.calls.load(Ordering::SeqCst);
         let client = layer.layer(transport.clone());
-        let mut request = Request::post(format!("http://{addr}/orders"))
+        let request = Request::post(format!("http://{addr}/orders"))
             .body(Full::new(Bytes::from("{}")))
             .unwrap();
-        request.extensions_mut().insert(hedge.clone());
         let response = client.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(seen.calls.load(Ordering::SeqCst) - before, 1);
     }
+}
+
+#[tokio::test]
+async fn a_post_with_an_explicit_request_strategy_is_retried_as_its_caller_asked() {
+    let seen = Seen::default();
+    let addr = common::serve(backend(seen.clone())).await;
+    let transport = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let client = StrategyLayer::new().budget(None).layer(transport);
+    let mut request = Request::post(format!("http://{addr}/orders"))
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    request.extensions_mut().insert(Strategy::sequential(
+        3,
+        Delays::constant(Duration::from_millis(1)),
+    ));
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::state::Ticket;
 use super::{CircuitOpen, OnOpen};
-use crate::classify::{Classify, Verdict};
+use crate::classify::Classify;
 use crate::error::BoxError;
 
 pin_project! {
@@ -36,7 +36,7 @@ pin_project! {
 }
 
 impl<F, C, M> CircuitBreakerFuture<F, C, M> {
-    pub(super) fn running(inner: F, ticket: Ticket, classifier: Arc<C>, on_open: M) -> Self {
+    pub(super) fn running(ticket: Ticket, inner: F, classifier: Arc<C>, on_open: M) -> Self {
         CircuitBreakerFuture {
             state: State::Running {
                 inner,
@@ -84,14 +84,14 @@ where
                 classifier,
             } => {
                 let result = std::task::ready!(inner.poll(cx)).map_err(Into::into);
-                let verdict = match &result {
+                let outcome = match &result {
                     Ok(response) => {
                         classifier.classify_response(response.status(), response.headers())
                     }
                     Err(error) => classifier.classify_error(error.as_ref()),
                 };
                 if let Some(ticket) = ticket.take() {
-                    ticket.finish(verdict == Verdict::Reject);
+                    ticket.finish(outcome);
                 }
                 Poll::Ready(result)
             }

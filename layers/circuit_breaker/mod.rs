@@ -13,14 +13,25 @@
 //! - **Open**: calls are refused without reaching the inner service, until `break_duration` has
 //!   passed.
 //! - **Half-open**: the first call after the break is the one probe; every other call is still
-//!   refused while it is in flight. An accepted probe closes the breaker with a fresh window; a
-//!   rejected one opens it for another break. A probe dropped before it ends (its caller gave up)
-//!   frees the slot, and the next call probes.
+//!   refused while it is in flight. A successful probe closes the breaker with a fresh window; a
+//!   failed one (a timeout included) opens it for another break. A probe cancelled before it
+//!   ends (its caller gave up before its deadline) leaves the breaker open, and the next call
+//!   probes.
 //!
-//! A failure is a [`Verdict::Reject`](crate::classify::Verdict::Reject) from the
-//! [classifier](crate::classify) (5xx, 408, 429 by default; a response carrying `X-Do-Not-Retry`
-//! is accepted) or an error from the inner service. The classifier is the strategies' own, so
-//! the two layers agree on what failed.
+//! What counts is the attempt's [`Outcome`](crate::outcome::Outcome), from the
+//! [classifier](crate::classify) the strategies share, so the two layers agree on what failed:
+//!
+//! - a success counts as a success; a failure (5xx, 408, 429, an error after the request left)
+//!   or a request that could not reach the destination (connect refused, DNS) as a failure;
+//! - an attempt that ran until its deadline counts as a failure *whichever layer cut it*: the
+//!   attempt timeout below, or the deadline layer or a strategy's split share above dropping it.
+//!   A ticket dropped unrecorded at or after its attempt's deadline is a timeout, so a
+//!   destination that accepts and never answers trips the breaker with or without an attempt
+//!   timeout;
+//! - what says nothing about the destination counts nothing: a hedge we cancelled, a caller
+//!   that went away, a call refused for want of time, no connection free in time;
+//! - a half-open probe that ends in anything but a success keeps the breaker open: a failed
+//!   probe starts another break; a cancelled one leaves it open for the next call to probe.
 //!
 //! A refused call gets, by default ([`Respond502`]), a synthetic `502 Bad Gateway` carrying
 //! `X-Circuit-Breaker: 1` and `X-Do-Not-Retry: 1`, as aio-request answers, so that the strategy

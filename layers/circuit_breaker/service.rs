@@ -11,6 +11,7 @@ use super::future::CircuitBreakerFuture;
 use super::state::{Admission, BreakerRegistry, Scope, Table};
 use super::{CircuitBreakerLayer, OnOpen, ScopeBy};
 use crate::classify::Classify;
+use crate::context::{Deadline, RequestContext};
 use crate::error::BoxError;
 
 /// The service made by [`CircuitBreakerLayer`]. See the [module docs](super).
@@ -123,8 +124,10 @@ where
             // The inner service is called here, on the instance `poll_ready` readied; it never
             // moves into the future, so no clone needs swapping in.
             Admission::Admit(ticket) => CircuitBreakerFuture::running(
+                // Read before the request moves on: a ticket dropped at this instant was cut by
+                // a deadline, not cancelled.
+                ticket.with_deadline(attempt_deadline(&req)),
                 self.inner.call(req),
-                ticket,
                 self.classifier.clone(),
                 self.on_open.clone(),
             ),
@@ -133,6 +136,16 @@ where
             Admission::Refuse(open) => CircuitBreakerFuture::refused(open, self.on_open.clone()),
         }
     }
+}
+
+/// The deadline of the attempt: the request's own (the call's, or its share when attempts split
+/// it), else the task-local context's.
+fn attempt_deadline<B>(req: &Request<B>) -> Option<Instant> {
+    req.extensions()
+        .get::<Deadline>()
+        .copied()
+        .or_else(|| RequestContext::current().and_then(|c| c.deadline()))
+        .map(Deadline::instant)
 }
 
 impl<S: fmt::Debug, C, K, M> fmt::Debug for CircuitBreaker<S, C, K, M> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{CircuitBreakerSettings, CircuitOpen};
+use crate::outcome::Outcome;
 
 /// The state of one scope's breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -292,6 +293,7 @@ impl Scope {
                         generation: generation_of(word),
                         probe: false,
                         done: false,
+                        deadline: None,
                     })
                 }
                 OPEN => {
@@ -321,6 +323,7 @@ impl Scope {
                                 generation: generation & GENERATION_MASK,
                                 probe: true,
                                 done: false,
+                                deadline: None,
                             });
                         }
                         Err(current) => word = current,
@@ -521,34 +524,56 @@ pub(super) struct Ticket {
     generation: u64,
     probe: bool,
     done: bool,
+    /// When the attempt's time runs out: a ticket dropped unrecorded at or after it was cut by
+    /// a deadline (whichever layer dropped it), which is a failure of the destination.
+    deadline: Option<Instant>,
 }
 
 impl Ticket {
-    /// Records the outcome: `failed` is a Reject verdict or an error.
-    pub(super) fn finish(mut self, failed: bool) {
+    /// Counts the attempt's outcome; an outcome that says nothing about the destination counts
+    /// nothing, except that a probe which did not succeed keeps the breaker open.
+    pub(super) fn finish(mut self, outcome: Outcome) {
         self.done = true;
-        let now = Instant::now();
-        if self.probe {
-            let outcome = if failed {
-                ProbeOutcome::Rejected
-            } else {
-                ProbeOutcome::Accepted
-            };
-            self.scope.end_probe(self.generation, outcome, now);
-        } else {
-            self.scope.record_closed(self.generation, failed, now);
+        self.record(outcome.destination_failed(), Instant::now());
+    }
+
+    /// Adds the attempt's deadline (see the field).
+    pub(super) fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    fn record(&self, failed: Option<bool>, now: Instant) {
+        match (self.probe, failed) {
+            (true, Some(false)) => {
+                self.scope
+                    .end_probe(self.generation, ProbeOutcome::Accepted, now)
+            }
+            (true, Some(true)) => {
+                self.scope
+                    .end_probe(self.generation, ProbeOutcome::Rejected, now)
+            }
+            (true, None) => self
+                .scope
+                .end_probe(self.generation, ProbeOutcome::Abandoned, now),
+            (false, Some(failed)) => self.scope.record_closed(self.generation, failed, now),
+            (false, None) => {}
         }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // A probe dropped before its outcome (the caller gave up, a hedge won) must not leave
-        // the scope half-open for ever: give the probe slot back to the next caller.
-        if self.probe && !self.done {
-            self.scope
-                .end_probe(self.generation, ProbeOutcome::Abandoned, Instant::now());
+        if self.done {
+            return;
         }
+        // Dropped before its outcome. At the deadline, a layer above (the deadline layer, a
+        // strategy's split share) cut an attempt the destination never answered: a failure.
+        // Before it, we cancelled it (a hedge won, the caller went away): nothing is counted,
+        // though a probe gives its slot back with the breaker still open.
+        let now = Instant::now();
+        let timed_out = self.deadline.is_some_and(|deadline| now >= deadline);
+        self.record(timed_out.then_some(true), now);
     }
 }
 

@@ -16,8 +16,9 @@
 //!   request that brought no deadline of its own (aio-request's `@aiohttp_timeout`). Put it on an
 //!   axum route with `.route_layer(...)` or on a `MethodRouter` with `.layer(...)`.
 //! - [`ClientDeadlineLayer`] fixes the effective deadline of an outbound call: the earliest of an
-//!   explicit [`Deadline`](crate::context::Deadline) in the request's extensions, the inherited
-//!   context deadline and the layer's default (20 s). With less than the threshold left it fails
+//!   explicit [`Deadline`](crate::context::Deadline) in the request's extensions (capped by the
+//!   inherited one), else the inherited context deadline, else the layer's default (20 s): the
+//!   default never shortens an inherited deadline, as in aio-request. With less than the threshold left it fails
 //!   without sending; otherwise it writes `X-Request-Timeout` with the time remaining at the moment
 //!   of sending, and stops waiting at the deadline.
 //!

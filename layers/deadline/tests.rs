@@ -270,7 +270,7 @@ fn transport(delay: Duration) -> ReadinessChecked<impl FnMut(Request<()>) -> Han
 }
 
 #[tokio::test(start_paused = true)]
-async fn client_takes_the_earliest_of_explicit_inherited_and_default() {
+async fn client_takes_explicit_capped_by_inherited_else_inherited_else_default() {
     let layer = ClientDeadlineLayer::new().default_timeout(Duration::from_secs(10));
     let cases = [
         (None, None, "10.000"),
@@ -278,7 +278,11 @@ async fn client_takes_the_earliest_of_explicit_inherited_and_default() {
         (None, Some(4), "4.000"),
         (Some(3), Some(4), "3.000"),
         (Some(5), Some(2), "2.000"),
-        (Some(30), Some(40), "10.000"),
+        // The default never shortens an explicit or an inherited deadline (aio-request's
+        // `deadline or context.deadline or default`); an explicit one is capped by the inherited.
+        (Some(30), Some(40), "30.000"),
+        (Some(30), None, "30.000"),
+        (None, Some(45), "45.000"),
     ];
     for (explicit, inherited, expected) in cases {
         let svc = layer.layer(transport(Duration::ZERO));

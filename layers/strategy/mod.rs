@@ -8,11 +8,17 @@
 //!
 //! - **What to use.** [`MethodStrategies`] picks by method: `GET`, `HEAD`, `OPTIONS` get three
 //!   sequential attempts with linear backoff; `POST`, `PUT`, `PATCH`, `DELETE` get one, unless the
-//!   request carries `Idempotency-Key`. A [`Strategy`] in the request's extensions overrides the
-//!   choice for that request. `POST` and `PATCH` without `Idempotency-Key` never get two.
-//! - **What failed.** A [`Classify`](crate::classify::Classify)er judges each attempt: by
-//!   default 5xx, 408, 429 and transport errors are rejected and retried; a response carrying
-//!   `X-Do-Not-Retry` is final.
+//!   request carries `Idempotency-Key`. A [`Strategy`] in the request's extensions is the
+//!   caller's word for that request and is honoured for every method. Otherwise `POST` and
+//!   `PATCH` without `Idempotency-Key` never get two attempts.
+//! - **What failed.** A [`Classify`](crate::classify::Classify)er judges each attempt into an
+//!   [`Outcome`](crate::outcome::Outcome): by default 5xx, 408, 429, transport errors, bodies cut
+//!   short and attempts that ran out of time are failures, retried while time is left; a
+//!   response carrying `X-Do-Not-Retry` is final.
+//! - **Never sent.** An attempt that never reached the server (connect refused, DNS, an HTTP/2
+//!   stream refused, no pooled connection in time) is sent again for *any* method, up to
+//!   [`connection_attempts`](StrategyLayer::connection_attempts) (3) sends, within the deadline
+//!   and the budget, as aio-request's transport does: the server never saw it.
 //! - **When.** [`Delays`]: constant, linear or exponential backoff with jitter, full jitter, or
 //!   [`PercentileDelays`] that follow each destination's observed latency. A 429 or 503 with
 //!   `Retry-After` sets the wait instead (capped); if that wait would pass the deadline, the
@@ -88,5 +94,5 @@ pub use percentile::{InvalidPercentileSettings, LatencyKey, PercentileDelays, Pe
 pub use policy::{MethodStrategies, Strategy};
 pub use service::{
     AttemptCount, AttemptDeadline, StrategyFuture, StrategyLayer, StrategyService, StrategyStats,
-    StrategyStatsSnapshot,
+    StrategyStatsSnapshot, DEFAULT_CONNECTION_ATTEMPTS,
 };

@@ -34,9 +34,10 @@ pub struct PercentileSettings {
     pub window: Duration,
     /// ... kept in this many rotating buckets (default 2): the oldest bucket is dropped whole.
     pub buckets: usize,
-    /// The shortest delay (default 50 ms), so that a very fast destination is not hedged at once.
+    /// The shortest delay (default 50 ms), so that a very fast destination is not hedged at once;
+    /// also the delay while too little has been observed (aio-request's `min_delay_seconds`).
     pub min: Duration,
-    /// The longest delay (default 10 s); also the delay while too little has been observed.
+    /// The longest delay (default 10 s).
     pub max: Duration,
     /// Observations needed before the percentile is trusted (default 20).
     pub min_samples: u64,
@@ -62,9 +63,10 @@ impl Default for PercentileSettings {
 /// Attempt delays that follow observed latency, per destination and route (aio-request's
 /// `PercentileBasedRequestAttemptDelaysProvider`, Finagle's backup requests).
 ///
-/// The strategy layer records the latency of every accepted attempt; attempt `k` then waits
-/// `k * p95` of the recent window, clamped to `[min, max]`. Latencies live in HdrHistograms
-/// (microseconds, two significant digits), one per rotating bucket. Clones share the table.
+/// The strategy layer records the latency of every successful 2xx attempt (aio-request records
+/// 2xx only); attempt `k` then waits `k * clamp(p95, min, max)` of the recent window, and `min`
+/// until there is history. Latencies live in HdrHistograms (microseconds, two significant
+/// digits), one per rotating bucket. Clones share the table.
 ///
 /// ```
 /// use std::time::Duration;
@@ -224,8 +226,8 @@ impl PercentileDelays {
         let _ = tracker.buckets[current].record(micros);
     }
 
-    /// The delay of attempt `k`: `k * percentile`, clamped to `[min, max]`; `max` while the key
-    /// has too few observations.
+    /// The delay of attempt `k`: `k * clamp(percentile, min, max)`; `min` while the key has too
+    /// few observations.
     pub fn delay(&self, k: u32, key: Option<&LatencyKey>) -> Duration {
         let settings = &self.table.settings;
         let observed = key.and_then(|key| {
@@ -236,9 +238,11 @@ impl PercentileDelays {
             tracker.last_used = now;
             tracker.percentile(settings, now)
         });
+        // aio-request: `k * clamp(p, min, max)`, and `min` with no history, so that hedging
+        // works from the first request and after a key is forgotten.
         match observed {
-            Some(p) => p.saturating_mul(k.max(1)).clamp(settings.min, settings.max),
-            None => settings.max,
+            Some(p) => p.clamp(settings.min, settings.max).saturating_mul(k.max(1)),
+            None => settings.min,
         }
     }
 
@@ -301,18 +305,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn uses_max_until_enough_is_observed() {
+    async fn uses_min_until_enough_is_observed_then_k_times_the_clamped_percentile() {
         let delays = PercentileDelays::new(PercentileSettings::default()).unwrap();
+        // No history at all (a new or a forgotten key): aio-request's minimum, so hedging works
+        // from the first request.
+        assert_eq!(delays.delay(1, Some(&key(0))), Duration::from_millis(50));
+        assert_eq!(delays.delay(2, None), Duration::from_millis(50));
         for _ in 0..19 {
-            delays.record(&key(0), Duration::from_millis(5));
+            delays.record(&key(0), Duration::from_millis(200));
         }
-        assert_eq!(delays.delay(1, Some(&key(0))), Duration::from_secs(10));
-        delays.record(&key(0), Duration::from_millis(5));
+        assert_eq!(delays.delay(1, Some(&key(0))), Duration::from_millis(50));
+        delays.record(&key(0), Duration::from_millis(200));
         // The twentieth observation counts at once, not a second later.
+        let p = delays.delay(1, Some(&key(0)));
+        assert!(
+            p >= Duration::from_millis(199) && p <= Duration::from_millis(201),
+            "{p:?}"
+        );
+        // Attempt k waits k times the clamped percentile.
+        assert_eq!(delays.delay(2, Some(&key(0))), p * 2);
+        for _ in 0..100 {
+            delays.record(&key(1), Duration::from_millis(5));
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            delays.delay(1, Some(&key(0))),
-            Duration::from_millis(50),
-            "clamped to min"
+            delays.delay(3, Some(&key(1))),
+            Duration::from_millis(150),
+            "3 x the minimum, not the minimum"
         );
     }
 

@@ -84,13 +84,10 @@ impl Strategy {
         }
     }
 
-    /// aio-request's default for safe methods: three sequential attempts with linear backoff
-    /// (50 ms + k * 50 ms, ±20%).
+    /// aio-request's default for safe methods: three sequential attempts with its
+    /// `linear_backoff_delays()`: `0 + k * 50 ms`, ±20%.
     pub fn default_retries() -> Self {
-        Strategy::sequential(
-            3,
-            Delays::linear(Duration::from_millis(50), Duration::from_millis(50)),
-        )
+        Strategy::sequential(3, Delays::linear(Duration::ZERO, Duration::from_millis(50)))
     }
 }
 
@@ -102,8 +99,11 @@ impl Strategy {
 /// retry: then it gets [`idempotent`](Self::idempotent) (default retries).
 ///
 /// `POST`, `PATCH` and unknown methods without `Idempotency-Key` never get more than one
-/// attempt, whatever is configured here or in a request's extensions: a non-idempotent request
-/// is never sent twice.
+/// attempt from the configuration here, whatever it says: a non-idempotent request is not sent
+/// twice on the client's own initiative. A [`Strategy`] in a request's extensions is the
+/// caller's word for that request and is honoured for every method, as aio-request honours the
+/// strategy passed to a call. (An attempt that never reached the server may be sent again for
+/// any method: see [`StrategyLayer::connection_attempts`](super::StrategyLayer::connection_attempts).)
 #[derive(Clone)]
 pub struct MethodStrategies {
     safe: Strategy,
@@ -166,13 +166,15 @@ impl MethodStrategies {
         const SINGLE: &Strategy = &Strategy::Single;
         let idempotent = is_safe(method) || *method == Method::PUT || *method == Method::DELETE;
         let never_twice = !(has_idempotency_key || idempotent);
-        let chosen = per_request
-            .or_else(|| {
-                self.overrides
-                    .iter()
-                    .find(|(m, _)| m == method)
-                    .map(|(_, s)| s)
-            })
+        if let Some(asked) = per_request {
+            // The caller's explicit word for this one request.
+            return asked;
+        }
+        let chosen = self
+            .overrides
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, s)| s)
             .unwrap_or_else(|| {
                 if is_safe(method) {
                     &self.safe
@@ -235,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn post_without_key_is_never_repeated_whatever_the_configuration() {
+    fn post_without_key_is_never_repeated_by_configuration_but_a_request_strategy_is_honoured() {
         let hedge = Strategy::parallel(3, Delays::constant(Duration::from_millis(10)));
         let m = MethodStrategies::new()
             .method(Method::POST, hedge.clone())
@@ -243,9 +245,10 @@ mod tests {
         let custom = Method::from_bytes(b"PURGE").unwrap();
         for method in [Method::POST, Method::PATCH, custom] {
             assert_eq!(attempts(m.choose(&method, false, None)), 1, "{method}");
+            // The caller's explicit word for one request.
             assert_eq!(
                 attempts(m.choose(&method, false, Some(&hedge))),
-                1,
+                3,
                 "{method} override"
             );
             assert_eq!(

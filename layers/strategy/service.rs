@@ -16,14 +16,16 @@ use tower_service::Service;
 
 use super::{Delays, LatencyKey, MethodStrategies, PercentileDelays, RetryBudget, Strategy};
 use crate::body::{Replay, ReplayBody, DEFAULT_REPLAY_CAP};
-use crate::classify::{Classify, DefaultClassifier, Verdict};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::outcome::Outcome;
 // A delay of `Duration::MAX` is a fair way to say "never": instants are capped, not overflowed.
-use crate::context::{instant_after, Deadline, RequestContext, RouteTemplate};
+use crate::context::{instant_after, Deadline, DeadlineShare, RequestContext, RouteTemplate};
 use crate::deadline::DeadlineExceeded;
 use crate::error::BoxError;
 use crate::headers;
 
 /// How the deadline is shared between attempts.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AttemptDeadline {
     /// Each attempt may use all the time left (the default).
@@ -31,9 +33,18 @@ pub enum AttemptDeadline {
     PassThrough,
     /// aio-request's `split_deadline_between_attempts`: each attempt gets an equal share of
     /// what is left, so one slow attempt cannot use the time of those after it. The share is
-    /// sent in `X-Request-Timeout` and enforced here.
+    /// sent in `X-Request-Timeout` and enforced here; an attempt that runs out of its share is a
+    /// failure that may be retried.
     Split,
+    /// aio-request's `split_deadline_between_attempts(attempts_count_to_split=n)`: the deadline
+    /// is split as by `Split` between the first `n` attempts only (at least 2), and the attempt
+    /// `n` and later get all that is left.
+    SplitFirst(u32),
 }
+
+/// aio-request's `connection_attempts`: one attempt may be sent three times in all when it never
+/// reaches the server.
+pub const DEFAULT_CONNECTION_ATTEMPTS: u32 = 3;
 
 /// How many attempts a request took, in the extensions of a response that took more than one.
 /// Absent on responses to the first attempt (so that they pay no allocation): read it as one.
@@ -91,6 +102,7 @@ struct Config<C> {
     replay_cap: usize,
     attempt_deadline: AttemptDeadline,
     low_time_threshold: Duration,
+    connection_attempts: u32,
     stats: Arc<StrategyStats>,
 }
 
@@ -130,6 +142,7 @@ impl StrategyLayer {
                 replay_cap: DEFAULT_REPLAY_CAP,
                 attempt_deadline: AttemptDeadline::PassThrough,
                 low_time_threshold: crate::deadline::DEFAULT_LOW_TIME_THRESHOLD,
+                connection_attempts: DEFAULT_CONNECTION_ATTEMPTS,
                 stats: Arc::default(),
             },
         }
@@ -174,6 +187,7 @@ impl<C> StrategyLayer<C> {
                 replay_cap: c.replay_cap,
                 attempt_deadline: c.attempt_deadline,
                 low_time_threshold: c.low_time_threshold,
+                connection_attempts: c.connection_attempts,
                 stats: c.stats,
             },
         }
@@ -207,6 +221,16 @@ impl<C> StrategyLayer<C> {
     /// No extra attempt starts with less than this left before the deadline (default 5 ms).
     pub fn low_time_threshold(mut self, threshold: Duration) -> Self {
         self.config.low_time_threshold = threshold;
+        self
+    }
+
+    /// How many times one attempt may be sent when it never reaches the server (connect refused,
+    /// DNS, an HTTP/2 stream refused, no pooled connection in time): default 3, as aio-request's
+    /// `connection_attempts`. These repeats are allowed for *any* method, a `POST` without
+    /// `Idempotency-Key` included, since the server never saw the request; they still need time
+    /// before the deadline and the retry budget. 1 turns them off; 0 is taken as 1.
+    pub fn connection_attempts(mut self, attempts: u32) -> Self {
+        self.config.connection_attempts = attempts.max(1);
         self
     }
 
@@ -272,7 +296,7 @@ impl<S, C> StrategyService<S, C> {
     }
 }
 
-type Outcome<R> = Result<Response<R>, BoxError>;
+type Answer<R> = Result<Response<R>, BoxError>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, C, B, ResBody> Service<Request<B>> for StrategyService<S, C>
@@ -304,8 +328,9 @@ where
             req.headers().contains_key(headers::IDEMPOTENCY_KEY),
             req.extensions().get::<Strategy>(),
         );
-        if !strategy.may_repeat() {
-            // One attempt: no buffer, no box, no clone of the service.
+        if !strategy.may_repeat() && config.connection_attempts <= 1 {
+            // One attempt, and no resending when it never left: no buffer, no box, no clone of
+            // the service.
             return StrategyFuture {
                 kind: Kind::Single {
                     inner: self.inner.call(req.map(ReplayBody::direct)),
@@ -339,11 +364,12 @@ where
             latency_key,
             tracker,
             launched: 0,
+            planned: planned_attempts(&strategy),
+            resends_left: config.connection_attempts - 1,
         };
         // The first attempt goes to the instance `poll_ready` readied; later ones to clones,
         // each readied on its own.
-        let planned = planned_attempts(&strategy);
-        let (request, attempt_deadline) = attempts.request(first_body, planned);
+        let (request, attempt_deadline) = attempts.request(first_body, attempts.planned);
         let first = attempts.attempt(
             AttemptState::Calling {
                 future: self.inner.call(request),
@@ -368,7 +394,7 @@ where
 }
 
 /// Whether an outcome is a circuit breaker's refusal rather than the destination's answer.
-fn is_breaker_refusal<R>(outcome: &Outcome<R>) -> bool {
+fn is_breaker_refusal<R>(outcome: &Answer<R>) -> bool {
     match outcome {
         Ok(response) => response.headers().contains_key(headers::X_CIRCUIT_BREAKER),
         #[cfg(feature = "circuit-breaker")]
@@ -434,7 +460,7 @@ impl Template {
 struct Attempted<R> {
     number: u32,
     latency: Duration,
-    outcome: Outcome<R>,
+    outcome: Answer<R>,
     /// The attempt's span; the verdict is recorded on it once judged.
     span: tracing::Span,
 }
@@ -561,12 +587,16 @@ struct Attempts<S, C, B> {
     latency_key: Option<LatencyKey>,
     tracker: Option<PercentileDelays>,
     launched: u32,
+    /// The attempts a round of the strategy plans.
+    planned: u32,
+    /// Sends left for attempts that never reached the server (`connection_attempts` - 1).
+    resends_left: u32,
 }
 
 /// What a parallel round waits for next.
 enum Event<R> {
     Done(Attempted<R>),
-    Judged(Outcome<R>, Verdict, u32),
+    Judged(Answer<R>, Outcome, u32),
     StartNext,
 }
 
@@ -574,7 +604,7 @@ enum Event<R> {
 /// attempt of a request runs outside the engine, which is only made when a retry is needed).
 enum Begin<R> {
     InSlot,
-    Judged(Outcome<R>, Verdict),
+    Judged(Answer<R>, Outcome),
 }
 
 impl<S, C, B, ResBody> Attempts<S, C, B>
@@ -600,11 +630,25 @@ where
         *request.version_mut() = t.version;
         *request.headers_mut() = t.headers.clone();
         *request.extensions_mut() = t.extensions.clone();
-        let own = match (self.config.attempt_deadline, self.deadline) {
-            (AttemptDeadline::Split, Some(deadline)) => {
-                let share = deadline.split(attempts_left);
+        // aio-request: `min(attempts_count_to_split, attempts_count) - attempt` shares.
+        let split_among = match self.config.attempt_deadline {
+            AttemptDeadline::PassThrough => None,
+            AttemptDeadline::Split => Some(attempts_left),
+            AttemptDeadline::SplitFirst(n) => {
+                let uncounted = self.planned.saturating_sub(n.max(2).min(self.planned));
+                Some(attempts_left.saturating_sub(uncounted))
+            }
+        };
+        let own = match (split_among, self.deadline) {
+            (Some(shares), Some(deadline)) => {
+                let share = deadline.split(shares);
                 // The propagation layer below sends this attempt's share.
                 request.extensions_mut().insert(share);
+                if share != deadline {
+                    // An attempt timeout below that runs out at the share has not run out of
+                    // the call's time: its failure is retryable.
+                    request.extensions_mut().insert(DeadlineShare);
+                }
                 Some(share)
             }
             _ => None,
@@ -626,7 +670,7 @@ where
             "attempt",
             number,
             delay_ms = delay.as_millis() as u64,
-            verdict = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
         let timed = self.tracker.is_some() || tracing::enabled!(tracing::Level::DEBUG);
         Attempt {
@@ -702,16 +746,16 @@ where
         true
     }
 
-    /// Judges a finished attempt and learns its latency if accepted.
-    fn judge(&self, attempted: Attempted<ResBody>) -> (Outcome<ResBody>, Verdict, u32) {
+    /// Judges a finished attempt, and learns its latency if it is a complete success: only
+    /// those are samples (aio-request records 2xx only), so that fast failures do not pull the
+    /// hedge delay down and timeouts do not push it up.
+    fn judge(&self, attempted: Attempted<ResBody>) -> (Answer<ResBody>, Outcome, u32) {
         let classifier = &self.config.classifier;
-        let verdict = match &attempted.outcome {
+        let outcome = match &attempted.outcome {
             Ok(response) => classifier.classify_response(response.status(), response.headers()),
             Err(error) => classifier.classify_error(error.as_ref()),
         };
-        attempted
-            .span
-            .record("verdict", tracing::field::debug(&verdict));
+        attempted.span.record("outcome", outcome.as_str());
         attempted.span.in_scope(|| {
             tracing::debug!(
                 latency = ?attempted.latency,
@@ -719,16 +763,48 @@ where
                 "attempt finished"
             )
         });
-        if verdict == Verdict::Accept {
+        let sample = outcome.is_success()
+            && attempted
+                .outcome
+                .as_ref()
+                .is_ok_and(|response| response.status().is_success());
+        if sample {
             if let (Some(tracker), Some(key)) = (&self.tracker, &self.latency_key) {
                 tracker.record(key, attempted.latency);
             }
         }
-        (attempted.outcome, verdict, attempted.number)
+        (attempted.outcome, outcome, attempted.number)
+    }
+
+    /// Sends the attempt again while it never reached the server and `connection_attempts`,
+    /// time, the body and the budget allow. Safe for any method: the server never saw it.
+    async fn resend_unsent(
+        &mut self,
+        judged: (Answer<ResBody>, Outcome),
+        attempts_left: u32,
+        mut slot: Slot<'_, S, B>,
+    ) -> (Answer<ResBody>, Outcome) {
+        let (mut answer, mut outcome) = judged;
+        while outcome.never_left() && self.resends_left > 0 {
+            if !self.may_start_extra(Duration::ZERO, "resend") {
+                break;
+            }
+            let Some(body) = self.replay_body() else {
+                break;
+            };
+            self.resends_left -= 1;
+            drop(answer);
+            tracing::debug!("the attempt never reached the server: sending it again");
+            slot.set(Some(self.send(body, attempts_left, Duration::ZERO)));
+            bump(&self.config.stats.retries);
+            let done = finish(slot.as_mut()).await;
+            (answer, outcome, _) = self.judge(done);
+        }
+        (answer, outcome)
     }
 
     /// The wait a rejected 429 or 503 asks for, capped.
-    fn retry_after(&self, outcome: &Outcome<ResBody>) -> Option<Duration> {
+    fn retry_after(&self, outcome: &Answer<ResBody>) -> Option<Duration> {
         let response = outcome.as_ref().ok()?;
         if !matches!(
             response.status(),
@@ -752,7 +828,7 @@ where
         strategy: &Strategy,
         begin: Begin<ResBody>,
         mut slot: Slot<'_, S, B>,
-    ) -> Outcome<ResBody> {
+    ) -> Answer<ResBody> {
         let (round, between_rounds) = match strategy {
             Strategy::UntilDeadline { inner, delays } => (innermost(inner), Some(delays)),
             other => (other, None),
@@ -768,12 +844,12 @@ where
                 Strategy::Parallel { attempts, delays } => {
                     self.parallel(*attempts, delays, begin, slot.as_mut()).await
                 }
-                _ => self.first_of_round(begin, slot.as_mut()).await,
+                _ => self.first_of_round(begin, 1, slot.as_mut()).await,
             };
             let Some(delays) = between_rounds else {
                 return outcome;
             };
-            if verdict == Verdict::Accept || self.deadline.is_none() {
+            if !verdict.is_retryable() || self.deadline.is_none() {
                 return outcome;
             }
             let wait = self
@@ -796,21 +872,24 @@ where
         }
     }
 
-    /// The judged first attempt of a round: as it began, or once it finishes.
+    /// The judged first attempt of a round, as it began or once it finishes, sent again while
+    /// it never reached the server.
     async fn first_of_round(
         &mut self,
         begin: Begin<ResBody>,
-        slot: Slot<'_, S, B>,
-    ) -> (Outcome<ResBody>, Verdict) {
-        match begin {
-            Begin::Judged(outcome, verdict) => (outcome, verdict),
+        attempts_left: u32,
+        mut slot: Slot<'_, S, B>,
+    ) -> (Answer<ResBody>, Outcome) {
+        let judged = match begin {
+            Begin::Judged(answer, outcome) => (answer, outcome),
             Begin::InSlot => {
                 // Await first, then judge: `&self` held across an await would need `S: Sync`.
-                let done = finish(slot).await;
-                let (outcome, verdict, _) = self.judge(done);
-                (outcome, verdict)
+                let done = finish(slot.as_mut()).await;
+                let (answer, outcome, _) = self.judge(done);
+                (answer, outcome)
             }
-        }
+        };
+        self.resend_unsent(judged, attempts_left, slot).await
     }
 
     /// The rest of the request as one boxed future: every attempt still to come lives in it.
@@ -819,7 +898,7 @@ where
         strategy: Strategy,
         begin: Begin<ResBody>,
         first: Option<AttemptOf<S, B>>,
-    ) -> BoxFuture<Outcome<ResBody>>
+    ) -> BoxFuture<Answer<ResBody>>
     where
         C: Send + Sync + 'static,
     {
@@ -844,10 +923,10 @@ where
         delays: &Delays,
         begin: Begin<ResBody>,
         mut slot: Slot<'_, S, B>,
-    ) -> (Outcome<ResBody>, Verdict) {
-        let (mut outcome, mut verdict) = self.first_of_round(begin, slot.as_mut()).await;
+    ) -> (Answer<ResBody>, Outcome) {
+        let (mut outcome, mut verdict) = self.first_of_round(begin, attempts, slot.as_mut()).await;
         for k in 1..attempts {
-            if verdict == Verdict::Accept {
+            if !verdict.is_retryable() {
                 break;
             }
             let wait = self
@@ -867,7 +946,10 @@ where
             slot.set(Some(self.send(body, attempts - k, wait)));
             bump(&self.config.stats.retries);
             let done = finish(slot.as_mut()).await;
-            (outcome, verdict, _) = self.judge(done);
+            let (answer, judged, _) = self.judge(done);
+            (outcome, verdict) = self
+                .resend_unsent((answer, judged), attempts - k, slot.as_mut())
+                .await;
         }
         (outcome, verdict)
     }
@@ -878,7 +960,7 @@ where
         delays: &Delays,
         begin: Begin<ResBody>,
         slot: Slot<'_, S, B>,
-    ) -> (Outcome<ResBody>, Verdict) {
+    ) -> (Answer<ResBody>, Outcome) {
         let started = Instant::now();
         // Attempt numbers run on across rounds of `until_deadline`: this round's first is here.
         let first_number = self.launched.saturating_sub(1);
@@ -958,7 +1040,7 @@ where
                     continue;
                 }
             };
-            if verdict == Verdict::Accept && !idle && is_breaker_refusal(&outcome) {
+            if !verdict.is_retryable() && !idle && is_breaker_refusal(&outcome) {
                 // A hedge refused by the breaker must not end the race: an attempt in
                 // flight may be the breaker's probe, and only its answer can close it.
                 // Keep the refusal as the fallback and start nothing more.
@@ -967,7 +1049,7 @@ where
                 armed = false;
                 continue;
             }
-            if verdict == Verdict::Accept {
+            if !verdict.is_retryable() {
                 if number > first_number {
                     bump(&self.config.stats.hedge_wins);
                     tracing::debug!(number, "hedged attempt won");
@@ -998,7 +1080,7 @@ where
             next.as_mut().reset(at);
             armed = true;
         }
-        last_rejected.unwrap_or_else(|| (Err("no attempt finished".into()), Verdict::Reject))
+        last_rejected.unwrap_or_else(|| (Err("no attempt finished".into()), Outcome::Failure))
     }
 }
 
@@ -1052,7 +1134,7 @@ where
     ResBody: Send + 'static,
     C: Classify,
 {
-    type Output = Outcome<ResBody>;
+    type Output = Answer<ResBody>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -1066,7 +1148,11 @@ where
                         return Poll::Ready(Err("polled after completion".into()));
                     };
                     let (outcome, verdict, _) = attempts.judge(done);
-                    if verdict == Verdict::Accept {
+                    // Another attempt only for a retryable outcome, and for a strategy of one
+                    // attempt only when the request never reached the server.
+                    let again =
+                        verdict.is_retryable() && (strategy.may_repeat() || verdict.never_left());
+                    if !again {
                         return Poll::Ready(outcome);
                     }
                     (attempts, strategy, outcome, verdict)

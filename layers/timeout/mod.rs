@@ -7,8 +7,9 @@
 //!   each attempt gets its own limit (Polly's attempt timeout) while the deadline layer above is
 //!   the total timeout. It replaces the request's `Deadline` extension with the attempt's, so the
 //!   [propagation layer](crate::propagation) below sends the server the attempt's budget. On
-//!   expiry it fails with an [`AttemptTimedOut`] behind a [`BoxError`], which says whether the
-//!   attempt's own limit or the deadline ran out: a retry makes sense only after the first.
+//!   expiry it fails with an [`AttemptTimedOut`] behind a [`BoxError`], which says which limit ran
+//!   out ([`TimeLimit`]): its own, its share of a split deadline, or the call's deadline. All three
+//!   are failures of the destination; a retry follows only while time is left.
 //! - [`ServerTimeoutLayer`] (server) drops the handler's future after a fixed time and answers
 //!   `504 Gateway Timeout` (configurable).
 //!
@@ -97,11 +98,27 @@ mod tests;
 /// An attempt got no response within its limit.
 ///
 /// Returned inside a [`BoxError`] by [`AttemptTimeout`]; find it with `downcast_ref` or
-/// [`find_source`](crate::error::find_source).
+/// [`find_source`](crate::error::find_source). Whichever limit ran out, the attempt was sent and
+/// the destination did not answer in time: the [classifier](crate::classify) calls it a failure
+/// of the destination, and the strategy retries it only while time is left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptTimedOut {
     after: Duration,
-    by_deadline: bool,
+    limit: TimeLimit,
+}
+
+/// Which limit an attempt ran into.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeLimit {
+    /// The attempt timeout itself.
+    Attempt,
+    /// The attempt's share of the deadline, when attempts split it
+    /// ([`AttemptDeadline::Split`](crate::strategy::AttemptDeadline::Split)): later attempts
+    /// have the rest.
+    DeadlineShare,
+    /// The call's deadline: no time is left for another attempt.
+    Deadline,
 }
 
 impl AttemptTimedOut {
@@ -110,23 +127,30 @@ impl AttemptTimedOut {
         self.after
     }
 
+    /// Which limit ran out.
+    pub fn limit(&self) -> TimeLimit {
+        self.limit
+    }
+
     /// Whether the call's deadline, shorter than the attempt timeout, was the limit. When it was,
     /// no time is left for another attempt.
     pub fn by_deadline(&self) -> bool {
-        self.by_deadline
+        self.limit == TimeLimit::Deadline
     }
 }
 
 impl fmt::Display for AttemptTimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.by_deadline {
-            write!(
+        let after = self.after;
+        match self.limit {
+            TimeLimit::Attempt => write!(f, "attempt timed out after {after:?}"),
+            TimeLimit::DeadlineShare => write!(
                 f,
-                "attempt timed out after {:?}: deadline reached",
-                self.after
-            )
-        } else {
-            write!(f, "attempt timed out after {:?}", self.after)
+                "attempt timed out after {after:?}: its share of the deadline ran out"
+            ),
+            TimeLimit::Deadline => {
+                write!(f, "attempt timed out after {after:?}: deadline reached")
+            }
         }
     }
 }
@@ -202,9 +226,9 @@ where
             .copied()
             .or_else(|| RequestContext::current().and_then(|c| c.deadline()));
         let left = deadline.map(Deadline::remaining);
-        let (limit, by_deadline) = match left {
-            Some(left) if left < self.timeout => (left, true),
-            _ => (self.timeout, false),
+        let (limit, kind) = match left {
+            Some(left) if left < self.timeout => (left, deadline_kind(&req)),
+            _ => (self.timeout, TimeLimit::Attempt),
         };
         let attempt = Deadline::after(limit);
         // Layers below (propagation) send the attempt's budget, not the whole call's.
@@ -214,10 +238,24 @@ where
             sleep: tokio::time::sleep_until(attempt.instant()),
             timed_out: AttemptTimedOut {
                 after: limit,
-                by_deadline,
+                limit: kind,
             },
         }
     }
+}
+
+/// Whether the request's deadline is the call's or, when attempts split it, this attempt's share.
+fn deadline_kind<B>(req: &Request<B>) -> TimeLimit {
+    #[cfg(feature = "strategy")]
+    if req
+        .extensions()
+        .get::<crate::context::DeadlineShare>()
+        .is_some()
+    {
+        return TimeLimit::DeadlineShare;
+    }
+    let _ = req;
+    TimeLimit::Deadline
 }
 
 pin_project! {

@@ -14,7 +14,10 @@
 //! 6. metrics of each attempt;
 //! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
 //!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
-//! 8. transport.
+//! 8. transport: a bound on connections per destination ([`ClientBuilder::max_connections_per_host`],
+//!    with a pool timeout that fails with [`PoolTimeout`]), the response body read whole inside
+//!    the attempt ([`ReadBodyLayer`](crate::read_body::ReadBodyLayer), so a body that fails is a
+//!    failed attempt), and hyper-util's pooled client.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
 //! README's `ServiceBuilder` example.
@@ -48,11 +51,10 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
 use crate::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer, CircuitBreakerSettings};
@@ -61,13 +63,19 @@ use crate::deadline::{effective_deadline, ClientDeadlineLayer};
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
 use crate::propagation::PropagateLayer;
+use crate::read_body::{FullBody, ReadBodyLayer};
 use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
 use crate::timeout::AttemptTimeoutLayer;
 
 /// The request body the preset sends.
 pub type ClientBody = Full<Bytes>;
 
-type Stack = BoxCloneSyncService<Request<ClientBody>, Response<Incoming>, BoxError>;
+mod pool;
+
+use pool::{ConnectionLimit, ConnectionLimits};
+pub use pool::{PoolTimeout, MAX_DESTINATIONS};
+
+type Stack = BoxCloneSyncService<Request<ClientBody>, Response<FullBody>, BoxError>;
 
 /// A client configuration the builder refused.
 #[derive(Debug)]
@@ -123,6 +131,8 @@ pub struct ClientBuilder {
     default_timeout: Duration,
     pool_max_idle_per_host: usize,
     pool_idle_timeout: Duration,
+    max_connections_per_host: usize,
+    pool_timeout: Duration,
     connect_timeout: Duration,
     http2_only: bool,
     strategy: StrategyLayer,
@@ -133,7 +143,13 @@ pub struct ClientBuilder {
     propagate: PropagateLayer,
 }
 
-/// The default cap on a response body read whole by [`ClientResponse::bytes`] and friends.
+/// The default bound on connections to one destination (httpx's `max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: usize = 100;
+
+/// The default wait for a free connection before [`PoolTimeout`] (httpx's pool timeout).
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default cap on a response body, which the client reads whole inside each attempt.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 impl Default for ClientBuilder {
@@ -145,6 +161,8 @@ impl Default for ClientBuilder {
             default_timeout: crate::deadline::DEFAULT_TIMEOUT,
             pool_max_idle_per_host: 32,
             pool_idle_timeout: Duration::from_secs(90),
+            max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            pool_timeout: DEFAULT_POOL_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
             strategy: StrategyLayer::new(),
@@ -219,6 +237,22 @@ impl ClientBuilder {
         self
     }
 
+    /// At most this many connections to one destination (default 100): a call that finds them
+    /// all busy waits up to the [pool timeout](Self::pool_timeout) for one. Over HTTP/2 it
+    /// bounds the requests in flight to the destination.
+    pub fn max_connections_per_host(mut self, max: usize) -> Self {
+        self.max_connections_per_host = max;
+        self
+    }
+
+    /// How long a call waits for a free connection (default 5 s) before failing with
+    /// [`PoolTimeout`], a request that never left: retried for any method, and no failure of
+    /// the destination.
+    pub fn pool_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_timeout = timeout;
+        self
+    }
+
     /// How long connecting may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -252,9 +286,11 @@ impl ClientBuilder {
         self
     }
 
-    /// The most bytes [`ClientResponse::bytes`], `text` and `json` read before failing
-    /// (default 16 MiB), so that a misbehaving server cannot exhaust memory. Stream larger bodies
-    /// with [`ClientResponse::into_inner`].
+    /// The longest response body the client reads (default 16 MiB), so that a misbehaving
+    /// server cannot exhaust memory; a longer one fails the call with
+    /// [`ResponseBodyTooLarge`](crate::read_body::ResponseBodyTooLarge). The body is read whole
+    /// inside each attempt, as aio-request's transport does: a body that fails is a failed
+    /// attempt, retried for idempotent methods and counted by the breaker.
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_response_body = bytes;
         self
@@ -310,7 +346,10 @@ impl ClientBuilder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(self.http2_only);
-        let transport = connect(pool, http, self.http2_only);
+        let transport = ConnectionLimit::new(
+            ReadBodyLayer::new(self.max_response_body).layer(connect(pool, http, self.http2_only)),
+            ConnectionLimits::new(self.max_connections_per_host, self.pool_timeout),
+        );
 
         let breaker = self
             .breaker
@@ -335,7 +374,6 @@ impl ClientBuilder {
             base,
             default_headers,
             breakers,
-            max_response_body: self.max_response_body,
             default_timeout: self.default_timeout,
         })
     }
@@ -344,7 +382,7 @@ impl ClientBuilder {
 /// The pool at the bottom of the stack, named rather than boxed: the stack is cloned for every
 /// call and every retry, and a boxed transport would cost an allocation on each clone. Its
 /// errors are boxed, as the layers' optional halves (`Either`) need one error type.
-type Transport<C> = tower::util::MapErr<
+type Pooled<C> = tower::util::MapErr<
     hyper_util::client::legacy::Client<C, ReplayBody<ClientBody>>,
     fn(hyper_util::client::legacy::Error) -> BoxError,
 >;
@@ -358,7 +396,7 @@ fn connect(
     pool: hyper_util::client::legacy::Builder,
     http: HttpConnector,
     http2_only: bool,
-) -> Transport<hyper_rustls::HttpsConnector<HttpConnector>> {
+) -> Pooled<hyper_rustls::HttpsConnector<HttpConnector>> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http();
@@ -375,7 +413,7 @@ fn connect(
     pool: hyper_util::client::legacy::Builder,
     http: HttpConnector,
     _http2_only: bool,
-) -> Transport<HttpConnector> {
+) -> Pooled<HttpConnector> {
     pool.build(http).map_err(box_error as fn(_) -> _)
 }
 
@@ -387,7 +425,6 @@ pub struct Client {
     base: Option<Uri>,
     default_headers: HeaderMap,
     breakers: Option<BreakerRegistry>,
-    max_response_body: usize,
     default_timeout: Duration,
 }
 
@@ -453,21 +490,16 @@ impl Client {
 
     /// Sends a request built elsewhere through the whole stack.
     ///
-    /// The call's deadline also bounds reading the body with [`ClientResponse::bytes`],
-    /// [`text`](ClientResponse::text) and [`json`](ClientResponse::json): a server that sends
-    /// its head in time and then trickles the body cannot hold the caller past the deadline.
+    /// The response's body is read inside the attempt, within the call's deadline: a server that
+    /// sends its head in time and then trickles the body cannot hold the caller past it.
     pub async fn send(&self, mut request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
         // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
         // and the reading of its body work to the same instant.
         let (deadline, allowed) = effective_deadline(request.extensions(), self.default_timeout);
         request.extensions_mut().insert(deadline);
+        let _ = allowed;
         let response = self.stack.clone().oneshot(request).await?;
-        Ok(ClientResponse {
-            response,
-            max_body: self.max_response_body,
-            deadline,
-            allowed,
-        })
+        Ok(ClientResponse { response, deadline })
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
@@ -586,14 +618,11 @@ impl RequestBuilder<'_> {
     }
 }
 
-/// A response, with helpers to read its body.
+/// A response, its body already read whole inside the attempt.
 #[derive(Debug)]
 pub struct ClientResponse {
-    response: Response<Incoming>,
-    max_body: usize,
+    response: Response<FullBody>,
     deadline: Deadline,
-    /// The time the call had when it was sent, for the error.
-    allowed: Duration,
 }
 
 impl ClientResponse {
@@ -615,30 +644,20 @@ impl ClientResponse {
             .map_or(1, |count| count.0)
     }
 
-    /// The underlying response, to stream its body. The call's deadline no longer applies to
-    /// it: streaming for as long as it takes is the caller's choice.
-    pub fn into_inner(self) -> Response<Incoming> {
+    /// The underlying response.
+    pub fn into_inner(self) -> Response<FullBody> {
         self.response
     }
 
-    /// The call's deadline, which also bounds the body helpers below.
+    /// The call's deadline.
     pub fn deadline(&self) -> Deadline {
         self.deadline
     }
 
-    /// The whole body, read before the call's deadline and up to the client's
-    /// `max_response_body`: past the deadline a [`DeadlineExceeded`] error (the rest of the body
-    /// is dropped with the connection), past the size a length-limit error.
-    ///
-    /// [`DeadlineExceeded`]: crate::deadline::DeadlineExceeded
+    /// The whole body. It was read inside the attempt, up to the client's `max_response_body`,
+    /// so this cannot fail or wait; it stays `async` and fallible for the transports to come.
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
-        let limited = http_body_util::Limited::new(self.response.into_body(), self.max_body);
-        match tokio::time::timeout_at(self.deadline.instant(), limited.collect()).await {
-            Ok(body) => Ok(body?.to_bytes()),
-            Err(_) => Err(Box::new(crate::deadline::DeadlineExceeded::elapsed(
-                self.allowed,
-            ))),
-        }
+        Ok(self.response.into_body().collect().await?.to_bytes())
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
