@@ -12,9 +12,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::labels::{method_label, write_normalized_path, LabelText};
+use super::names::FailureValues;
 use super::series::SeriesTable;
 use super::MetricsConfig;
-use crate::context::RouteTemplate;
+use crate::context::{Deadline, RequestContext, RouteTemplate};
 use crate::error::{find_source, BoxError};
 use crate::headers;
 
@@ -24,6 +25,7 @@ struct Instruments {
     /// By endpoint, method, path and status.
     attempt: SeriesTable<4>,
     breaker_values: (&'static str, &'static str),
+    failure_values: FailureValues,
     raw_paths: bool,
 }
 
@@ -72,6 +74,7 @@ impl ClientMetrics {
                 call: SeriesTable::new(call, OPEN_LABELS, overflow.clone(), config.max_label_sets),
                 attempt: SeriesTable::new(attempt, OPEN_LABELS, overflow, config.max_label_sets),
                 breaker_values: names.breaker_values,
+                failure_values: names.failure_values,
                 raw_paths: config.raw_paths,
             }),
         })
@@ -144,7 +147,9 @@ impl<S: fmt::Debug> fmt::Debug for ClientMetricsService<S> {
     }
 }
 
-/// One call or attempt being measured; dropping it records it (499 if never answered).
+/// One call or attempt being measured; dropping it records it. Dropped unanswered, it is a
+/// timeout if its deadline had passed (a layer above cut it there), else 499: the caller went
+/// away, as aio-request records a cancelled call.
 struct Recording {
     instruments: Arc<Instruments>,
     kind: Kind,
@@ -156,8 +161,11 @@ struct Recording {
     endpoint_len: usize,
     method: &'static str,
     started: Instant,
-    status: Status,
+    /// `None` until an outcome arrives.
+    status: Option<Status>,
     breaker: bool,
+    /// The call's or attempt's deadline, to tell a cut from a cancellation.
+    deadline: Option<Instant>,
 }
 
 /// How a call or attempt ended, kept as-is until it is recorded: no text is made per request.
@@ -178,7 +186,15 @@ impl Status {
 impl Drop for Recording {
     fn drop(&mut self) {
         let i = &self.instruments;
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
+        let status = match &self.status {
+            Some(status) => status.as_str(),
+            None if self.deadline.is_some_and(|deadline| now >= deadline) => {
+                i.failure_values.timeout
+            }
+            None => "499",
+        };
         // Never out of bounds (`endpoint_len` is where the endpoint ended); checked, as a panic in
         // `drop` would be worse than an empty label.
         let (endpoint, path) = (self.text.as_str())
@@ -191,11 +207,11 @@ impl Drop for Recording {
                 } else {
                     i.breaker_values.1
                 };
-                let labels = [endpoint, self.method, path, self.status.as_str(), breaker];
+                let labels = [endpoint, self.method, path, status, breaker];
                 i.call.observe(labels, elapsed);
             }
             Kind::Attempt => {
-                let labels = [endpoint, self.method, path, self.status.as_str()];
+                let labels = [endpoint, self.method, path, status];
                 i.attempt.observe(labels, elapsed);
             }
         }
@@ -209,27 +225,35 @@ fn write_endpoint<B>(req: &Request<B>, out: &mut LabelText) {
     }
 }
 
-/// The status label of a call that ended in an error: `circuit_open` when a breaker refused it,
-/// `timeout` when a deadline or timeout ended it, `error` for any other transport failure.
-fn error_status(error: &(dyn std::error::Error + 'static)) -> &'static str {
+/// The status label of a call that ended in an error, and whether a breaker refused it: the
+/// names' `circuit_open` when a breaker refused it, `timeout` when a deadline, an attempt timeout
+/// or a pool timeout ended it, `error` for any other transport failure.
+fn error_status(
+    error: &(dyn std::error::Error + 'static),
+    values: FailureValues,
+) -> (&'static str, bool) {
     #[cfg(feature = "circuit-breaker")]
     if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
-        return "circuit_open";
+        return (values.circuit_open, true);
     }
     #[cfg(feature = "timeout")]
     if find_source::<crate::timeout::AttemptTimedOut>(error).is_some() {
-        return "timeout";
+        return (values.timeout, false);
     }
     #[cfg(feature = "deadline")]
     if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
-        return "timeout";
+        return (values.timeout, false);
+    }
+    #[cfg(feature = "client")]
+    if find_source::<crate::client::PoolTimeout>(error).is_some() {
+        return (values.timeout, false);
     }
     if find_source::<std::io::Error>(error)
         .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
     {
-        return "timeout";
+        return (values.timeout, false);
     }
-    "error"
+    (values.error, false)
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientMetricsService<S>
@@ -261,9 +285,14 @@ where
             endpoint_len,
             method: method_label(req.method()),
             started: Instant::now(),
-            // Until an outcome arrives: a call dropped unanswered is recorded as 499.
-            status: Status::Failed("499"),
+            status: None,
             breaker: false,
+            deadline: req
+                .extensions()
+                .get::<Deadline>()
+                .copied()
+                .or_else(|| RequestContext::current().and_then(|c| c.deadline()))
+                .map(Deadline::instant),
         };
         ClientMetricsFuture {
             inner: self.inner.call(req),
@@ -301,13 +330,14 @@ where
         if let Some(mut recording) = this.recording.take() {
             match &result {
                 Ok(response) => {
-                    recording.status = Status::Code(response.status());
+                    recording.status = Some(Status::Code(response.status()));
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
                 }
                 Err(error) => {
-                    let status = error_status(error.as_ref());
-                    recording.breaker = status == "circuit_open";
-                    recording.status = Status::Failed(status);
+                    let (status, breaker) =
+                        error_status(error.as_ref(), recording.instruments.failure_values);
+                    recording.breaker = breaker;
+                    recording.status = Some(Status::Failed(status));
                 }
             }
         }

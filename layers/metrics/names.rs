@@ -25,6 +25,8 @@ pub struct MetricNames {
     pub(crate) attempt_labels: [&'static str; 4],
     /// The circuit_breaker label's values: (answered by the breaker, not).
     pub(crate) breaker_values: (&'static str, &'static str),
+    /// The client status label of calls that got no response.
+    pub(crate) failure_values: FailureValues,
     pub(crate) buckets: Vec<f64>,
 }
 
@@ -38,6 +40,18 @@ const AIO_REQUEST_BUCKETS: [f64; 20] = [
 const OPENTELEMETRY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// The status label of a client call or attempt that ended without a response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailureValues {
+    /// A transport error: refused, reset, a body cut short.
+    pub(crate) error: &'static str,
+    /// A deadline, an attempt timeout or a pool timeout ended it, or it was not sent for want
+    /// of time.
+    pub(crate) timeout: &'static str,
+    /// An open circuit breaker refused it.
+    pub(crate) circuit_open: &'static str,
+}
 
 impl Default for MetricNames {
     fn default() -> Self {
@@ -60,13 +74,21 @@ impl MetricNames {
             attempt_help: "Duration of each HTTP client attempt on the transport.",
             attempt_labels: ["endpoint", "method", "path", "status"],
             breaker_values: ("true", "false"),
+            failure_values: FailureValues {
+                error: "error",
+                timeout: "timeout",
+                circuit_open: "circuit_open",
+            },
             buckets: OPENTELEMETRY_BUCKETS.to_vec(),
         }
     }
 
-    /// aio-request's names, labels and buckets, exactly: `aio_request_server_latency`,
+    /// aio-request's names, labels, values and buckets, exactly: `aio_request_server_latency`,
     /// `aio_request_latency`, `aio_request_transport_latency`, the `request_*` and `response_*`
-    /// labels, `circuit_breaker` as Python writes a bool (`True`/`False`), buckets 5 ms to 20 s.
+    /// labels, `circuit_breaker` as Python writes a bool (`True`/`False`), buckets 5 ms to 20 s,
+    /// and failures as aio-request records them: `489` for a transport error (its
+    /// `network_errors_code`), `408` for a timeout (its transport's and its low-timeout answer),
+    /// `502` with `circuit_breaker="True"` for an open breaker (its fallback response).
     pub fn aio_request() -> Self {
         MetricNames {
             server_duration: "aio_request_server_latency",
@@ -95,6 +117,11 @@ impl MetricNames {
                 "response_status",
             ],
             breaker_values: ("True", "False"),
+            failure_values: FailureValues {
+                error: "489",
+                timeout: "408",
+                circuit_open: "502",
+            },
             buckets: AIO_REQUEST_BUCKETS.to_vec(),
         }
     }

@@ -142,3 +142,33 @@ async fn the_server_timeout_status_is_configurable() {
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[cfg(feature = "strategy")]
+#[tokio::test(start_paused = true)]
+async fn an_attempt_out_of_its_share_of_a_split_deadline_says_so() {
+    use crate::context::DeadlineShare;
+    let hang = tower::service_fn(|_req: http::Request<()>| {
+        std::future::pending::<Result<http::Response<()>, std::io::Error>>()
+    });
+    let svc = AttemptTimeoutLayer::new(Duration::from_secs(10)).layer(hang);
+    let mut request = http::Request::new(());
+    request
+        .extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(1)));
+    request.extensions_mut().insert(DeadlineShare);
+    let err = svc.clone().oneshot(request).await.unwrap_err();
+    let timed_out = err.downcast_ref::<AttemptTimedOut>().unwrap();
+    assert_eq!(timed_out.limit(), TimeLimit::DeadlineShare);
+    assert!(!timed_out.by_deadline());
+    assert!(timed_out.to_string().contains("share"), "{timed_out}");
+    // Without the mark the same deadline is the call's own.
+    let mut request = http::Request::new(());
+    request
+        .extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(1)));
+    let err = svc.oneshot(request).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<AttemptTimedOut>().unwrap().limit(),
+        TimeLimit::Deadline
+    );
+}
