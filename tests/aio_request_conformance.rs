@@ -255,3 +255,99 @@ async fn the_default_linear_backoff_is_aio_requests_zero_plus_fifty_ms_per_attem
     assert!(first_wait >= ms(40) && first_wait <= ms(60), "{at:?}");
     assert!(second_wait >= ms(80) && second_wait <= ms(120), "{at:?}");
 }
+
+#[tokio::test]
+async fn the_request_hook_runs_on_every_attempt_after_the_propagation_headers() {
+    use axum::response::IntoResponse;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().route(
+        "/flaky",
+        get(move |req: AxumRequest| {
+            let record = record.clone();
+            async move {
+                let mut seen = record.lock().unwrap();
+                seen.push(req.headers()["authorization"].to_str().unwrap().to_owned());
+                if seen.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                } else {
+                    "ok".into_response()
+                }
+            }
+        }),
+    );
+    let addr = common::serve(app).await;
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let issued = tokens.clone();
+    let client = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .on_attempt(move |parts| {
+            // Sees the propagation headers already written, as aio-request's enricher does.
+            assert!(parts.headers.contains_key("x-request-timeout"));
+            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+            parts.headers.insert(
+                "authorization",
+                format!("Bearer token-{n}").parse().unwrap(),
+            );
+        })
+        .build()
+        .unwrap();
+    let response = client.get("/flaky").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.attempts(), 2);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["Bearer token-1".to_owned(), "Bearer token-2".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_followed_with_the_body_replayed_and_bounded() {
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::post;
+    use tower_lifeline::client::TooManyRedirects;
+    let loops = Arc::new(AtomicUsize::new(0));
+    let counter = loops.clone();
+    let app = Router::new()
+        .route("/old", post(|| async { Redirect::temporary("/new") }))
+        .route("/new", post(|body: String| async move { body }))
+        .route("/see-other", post(|| async { Redirect::to("/result") }))
+        .route("/result", get(|| async { "result" }))
+        .route(
+            "/loop",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Redirect::temporary("/loop").into_response() }
+            }),
+        );
+    let addr = common::serve(app).await;
+    let client = Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .build()
+        .unwrap();
+
+    // 307 repeats the method and the body.
+    let response = client.post("/old").body("payload").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "payload");
+
+    // 303 turns the POST into a GET.
+    let response = client.post("/see-other").body("x").send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "result");
+
+    // At most ten redirects, then a typed error (the eleventh hop is not sent).
+    let err = client.get("/loop").send().await.unwrap_err();
+    let too_many = err.downcast_ref::<TooManyRedirects>().expect("typed");
+    assert_eq!(too_many.max(), 10);
+    assert_eq!(loops.load(Ordering::SeqCst), 11);
+
+    // Turned off for one call: the redirect itself comes back.
+    let response = client
+        .post("/old")
+        .body("payload")
+        .follow_redirects(false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+}

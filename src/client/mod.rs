@@ -71,9 +71,27 @@ use crate::timeout::AttemptTimeoutLayer;
 pub type ClientBody = Full<Bytes>;
 
 mod pool;
+mod redirect;
 
 use pool::{ConnectionLimit, ConnectionLimits};
 pub use pool::{PoolTimeout, MAX_DESTINATIONS};
+use redirect::Resend;
+pub use redirect::{TooManyRedirects, DEFAULT_MAX_REDIRECTS};
+
+/// A hook called on every attempt's request just before it is sent: see
+/// [`ClientBuilder::on_attempt`].
+#[derive(Clone)]
+struct AttemptHook(std::sync::Arc<dyn Fn(&mut http::request::Parts) + Send + Sync>);
+
+impl fmt::Debug for AttemptHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AttemptHook")
+    }
+}
+
+/// In a request's extensions: do not follow redirects for this request.
+#[derive(Debug, Clone, Copy)]
+struct NoRedirects;
 
 type Stack = BoxCloneSyncService<Request<ClientBody>, Response<FullBody>, BoxError>;
 
@@ -135,6 +153,8 @@ pub struct ClientBuilder {
     pool_timeout: Duration,
     connect_timeout: Duration,
     http2_only: bool,
+    max_redirects: u32,
+    on_attempt: Option<AttemptHook>,
     strategy: StrategyLayer,
     breaker: Option<CircuitBreakerSettings>,
     attempt_timeout: Option<Duration>,
@@ -165,6 +185,8 @@ impl Default for ClientBuilder {
             pool_timeout: DEFAULT_POOL_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            on_attempt: None,
             strategy: StrategyLayer::new(),
             breaker: Some(CircuitBreakerSettings::default()),
             attempt_timeout: None,
@@ -263,6 +285,27 @@ impl ClientBuilder {
     /// with HTTP/2 when `https` negotiates it.
     pub fn http2_only(mut self, only: bool) -> Self {
         self.http2_only = only;
+        self
+    }
+
+    /// Follow at most this many redirects per call (default 10, as aio-request's
+    /// `max_redirects`; 0 follows none). Each hop goes through the whole stack within the call's
+    /// deadline; `303` (and `301`/`302` after a `POST`) becomes a `GET`, `307`/`308` repeat the
+    /// method and body; credentials are dropped when a hop leaves the origin. One hop too many
+    /// fails with [`TooManyRedirects`]. [`RequestBuilder::follow_redirects`] turns it off per call.
+    pub fn max_redirects(mut self, max: u32) -> Self {
+        self.max_redirects = max;
+        self
+    }
+
+    /// Calls `hook` on every attempt's request just before it is sent, after the propagation
+    /// headers are written (aio-request's `request_enricher`): a token refreshed per attempt, a
+    /// signature over the final headers. It runs for retries and hedges alike.
+    pub fn on_attempt<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut http::request::Parts) + Send + Sync + 'static,
+    {
+        self.on_attempt = Some(AttemptHook(std::sync::Arc::new(hook)));
         self
     }
 
@@ -368,6 +411,15 @@ impl ClientBuilder {
             .option_layer(self.attempt_timeout.map(AttemptTimeoutLayer::new))
             .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))
             .layer(propagate)
+            .option_layer(self.on_attempt.clone().map(|hook| {
+                tower::util::MapRequestLayer::new(
+                    move |request: Request<ReplayBody<ClientBody>>| {
+                        let (mut parts, body) = request.into_parts();
+                        (hook.0)(&mut parts);
+                        Request::from_parts(parts, body)
+                    },
+                )
+            }))
             .service(transport);
         Ok(Client {
             stack: BoxCloneSyncService::new(stack.map_err(Into::into)),
@@ -375,6 +427,7 @@ impl ClientBuilder {
             default_headers,
             breakers,
             default_timeout: self.default_timeout,
+            max_redirects: self.max_redirects,
         })
     }
 }
@@ -426,6 +479,7 @@ pub struct Client {
     default_headers: HeaderMap,
     breakers: Option<BreakerRegistry>,
     default_timeout: Duration,
+    max_redirects: u32,
 }
 
 impl fmt::Debug for Client {
@@ -498,7 +552,27 @@ impl Client {
         let (deadline, allowed) = effective_deadline(request.extensions(), self.default_timeout);
         request.extensions_mut().insert(deadline);
         let _ = allowed;
-        let response = self.stack.clone().oneshot(request).await?;
+        let max = if request.extensions().get::<NoRedirects>().is_some() {
+            0
+        } else {
+            self.max_redirects
+        };
+        // Kept only when redirects may be followed: a header map and extensions to copy.
+        let mut resend = (max > 0).then(|| Resend::of(&request));
+        let mut response = self.stack.clone().oneshot(request).await?;
+        let mut hops = 0;
+        while let Some(resend) = resend.as_mut() {
+            let next = resend.follow(
+                response.status(),
+                response.headers().get(http::header::LOCATION),
+                hops,
+                max,
+            )?;
+            let Some(next) = next else { break };
+            hops += 1;
+            tracing::debug!(uri = %next.uri(), hops, "following a redirect");
+            response = self.stack.clone().oneshot(next).await?;
+        }
         Ok(ClientResponse { response, deadline })
     }
 
@@ -601,6 +675,17 @@ impl RequestBuilder<'_> {
         self.request
             .extensions_mut()
             .insert(RouteTemplate::new(template));
+        self
+    }
+
+    /// Whether to follow redirects for this call (default: as the client's
+    /// [`max_redirects`](ClientBuilder::max_redirects)), aio-request's `allow_redirects`.
+    pub fn follow_redirects(mut self, follow: bool) -> Self {
+        if follow {
+            self.request.extensions_mut().remove::<NoRedirects>();
+        } else {
+            self.request.extensions_mut().insert(NoRedirects);
+        }
         self
     }
 

@@ -1,0 +1,235 @@
+//! Following redirects, as aio-request's transport does with aiohttp's `allow_redirects` (on by
+//! default, at most 10).
+//!
+//! Each hop is a call of its own through the whole stack, within the first call's deadline: the
+//! breaker and the metrics see the destination the hop goes to, and the propagation headers go
+//! only where [`propagate_only_to_hosts`](super::ClientBuilder::propagate_only_to_hosts) allows,
+//! so a redirect to a third party learns nothing of this service. As browsers, aiohttp and
+//! tower-http's `FollowRedirect` do: `303` becomes a `GET` without a body, so do `301` and `302`
+//! after a `POST`; `307` and `308` repeat the method and the body; credentials (`Authorization`,
+//! `Cookie`, `Proxy-Authorization`) are dropped when the hop leaves the origin.
+
+use std::fmt;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+
+use super::ClientBody;
+
+/// aio-request's `MAX_REDIRECTS`.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
+
+/// A call was redirected more times than allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyRedirects {
+    max: u32,
+    last: String,
+}
+
+impl TooManyRedirects {
+    /// The most redirects allowed.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Where the last redirect pointed.
+    pub fn location(&self) -> &str {
+        &self.last
+    }
+}
+
+impl fmt::Display for TooManyRedirects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "more than {} redirects (the last to {})",
+            self.max, self.last
+        )
+    }
+}
+
+impl std::error::Error for TooManyRedirects {}
+
+/// What is kept of a request to send it again elsewhere: the body is `Full<Bytes>`, so keeping
+/// it costs a reference count.
+pub(super) struct Resend {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+    body: ClientBody,
+}
+
+impl Resend {
+    pub(super) fn of(request: &Request<ClientBody>) -> Self {
+        Resend {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+            body: request.body().clone(),
+        }
+    }
+
+    /// The next hop's request, if `status` and `location` make one; `hops` counts those made.
+    pub(super) fn follow(
+        &mut self,
+        status: StatusCode,
+        location: Option<&http::HeaderValue>,
+        hops: u32,
+        max: u32,
+    ) -> Result<Option<Request<ClientBody>>, TooManyRedirects> {
+        let Some(keeps_method) = redirect_kind(status) else {
+            return Ok(None);
+        };
+        let Some(next) = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resolve(&self.uri, l))
+        else {
+            // A redirect with no usable Location: the caller gets it as it is.
+            return Ok(None);
+        };
+        if hops >= max {
+            return Err(TooManyRedirects {
+                max,
+                last: next.to_string(),
+            });
+        }
+        if !keeps_method && (status == StatusCode::SEE_OTHER || self.method == Method::POST) {
+            if self.method != Method::HEAD {
+                self.method = Method::GET;
+            }
+            self.body = ClientBody::default();
+            self.headers.remove(CONTENT_LENGTH);
+            self.headers.remove(CONTENT_TYPE);
+        }
+        if next.path() != self.uri.path() {
+            // The template named the first path; the metrics of a hop elsewhere normalise its own.
+            self.extensions.remove::<crate::context::RouteTemplate>();
+        }
+        if !same_origin(&self.uri, &next) {
+            for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION] {
+                self.headers.remove(name);
+            }
+        }
+        self.uri = next;
+        let mut request = Request::new(self.body.clone());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        Ok(Some(request))
+    }
+}
+
+/// `Some(keeps the method and body)` for a redirect status.
+fn redirect_kind(status: StatusCode) -> Option<bool> {
+    match status {
+        StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER => Some(false),
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => Some(true),
+        _ => None,
+    }
+}
+
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    a.scheme() == b.scheme() && a.authority() == b.authority()
+}
+
+/// `location` resolved against `base` (RFC 3986 section 5, the forms servers send): absolute,
+/// scheme-relative (`//host/x`), absolute-path (`/x`) or path-relative (`x`). Only `http` and
+/// `https` targets are followed.
+fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    let scheme = base.scheme_str().unwrap_or("http");
+    let uri: Uri = if location.contains("://") {
+        location.parse().ok()?
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}").parse().ok()?
+    } else {
+        let authority = base.authority()?;
+        let path = if location.starts_with('/') {
+            location.to_owned()
+        } else {
+            let base_path = base.path();
+            let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{location}")
+        };
+        format!("{scheme}://{authority}{path}").parse().ok()?
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Some(uri),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_against_the_request() {
+        let base: Uri = "http://a:8080/api/v1/items?x=1".parse().unwrap();
+        for (location, expected) in [
+            ("http://b/x", "http://b/x"),
+            ("//c:9/y", "http://c:9/y"),
+            ("/root", "http://a:8080/root"),
+            ("other?q=2", "http://a:8080/api/v1/other?q=2"),
+        ] {
+            assert_eq!(
+                resolve(&base, location).unwrap().to_string(),
+                expected,
+                "{location}"
+            );
+        }
+        assert_eq!(resolve(&base, "ftp://files/x"), None);
+        assert_eq!(resolve(&base, "bad url"), None);
+    }
+
+    fn post() -> Request<ClientBody> {
+        let mut request = Request::post("http://a/orders")
+            .header(AUTHORIZATION, "Bearer secret")
+            .header(CONTENT_TYPE, "application/json")
+            .body(ClientBody::from("{}"))
+            .unwrap();
+        request.extensions_mut().insert(7u32);
+        request
+    }
+
+    #[test]
+    fn a_303_becomes_a_get_without_body_and_a_307_keeps_both() {
+        let location = http::HeaderValue::from_static("/done");
+        let mut resend = Resend::of(&post());
+        let next = resend
+            .follow(StatusCode::SEE_OTHER, Some(&location), 0, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.method(), Method::GET);
+        assert!(next.headers().get(CONTENT_TYPE).is_none());
+        assert_eq!(next.extensions().get::<u32>(), Some(&7));
+        let mut resend = Resend::of(&post());
+        let next = resend
+            .follow(StatusCode::TEMPORARY_REDIRECT, Some(&location), 0, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.method(), Method::POST);
+        assert_eq!(next.headers()[AUTHORIZATION], "Bearer secret");
+    }
+
+    #[test]
+    fn credentials_do_not_follow_to_another_origin_and_the_count_is_bounded() {
+        let elsewhere = http::HeaderValue::from_static("http://third-party/x");
+        let mut resend = Resend::of(&post());
+        let next = resend
+            .follow(StatusCode::PERMANENT_REDIRECT, Some(&elsewhere), 0, 10)
+            .unwrap()
+            .unwrap();
+        assert!(next.headers().get(AUTHORIZATION).is_none());
+        let err = resend
+            .follow(StatusCode::FOUND, Some(&elsewhere), 10, 10)
+            .unwrap_err();
+        assert_eq!(err.max(), 10);
+        assert!(resend
+            .follow(StatusCode::OK, Some(&elsewhere), 0, 10)
+            .unwrap()
+            .is_none());
+    }
+}
