@@ -14,7 +14,7 @@
 //! - A body over the cap fails with [`ResponseBodyTooLarge`], which is
 //!   [`Refused`](crate::outcome::Outcome::Refused): the same answer would come again, and a large
 //!   body says nothing against the destination.
-//! - The response comes back with a [`Full<Bytes>`] body, already read.
+//! - The response comes back with a [`FullBody`] (`Full<Bytes>`), already read.
 //!
 //! Streams that are meant to be long (downloads, server-sent events) should not go through it:
 //! compose those stacks without this layer.

@@ -79,20 +79,25 @@
 //! # }
 //! ```
 
+mod attempt;
 mod budget;
 mod delays;
+mod engine;
+mod future;
+mod layer;
 mod percentile;
 mod policy;
 mod service;
+mod stats;
 
 #[cfg(test)]
 mod tests;
 
 pub use budget::{InvalidBudget, RetryBudget};
 pub use delays::Delays;
+pub use future::StrategyFuture;
+pub use layer::{AttemptDeadline, StrategyLayer, DEFAULT_CONNECTION_ATTEMPTS};
 pub use percentile::{InvalidPercentileSettings, LatencyKey, PercentileDelays, PercentileSettings};
 pub use policy::{MethodStrategies, Strategy};
-pub use service::{
-    AttemptCount, AttemptDeadline, StrategyFuture, StrategyLayer, StrategyService, StrategyStats,
-    StrategyStatsSnapshot, DEFAULT_CONNECTION_ATTEMPTS,
-};
+pub use service::StrategyService;
+pub use stats::{AttemptCount, StrategyStats, StrategyStatsSnapshot};

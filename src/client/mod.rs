@@ -16,7 +16,7 @@
 //!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
 //! 8. transport: a bound on connections per destination ([`ClientBuilder::max_connections_per_host`],
 //!    with a pool timeout that fails with [`PoolTimeout`]), the response body read whole inside
-//!    the attempt ([`ReadBodyLayer`](crate::read_body::ReadBodyLayer), so a body that fails is a
+//!    the attempt ([`crate::read_body::ReadBodyLayer`], so a body that fails is a
 //!    failed attempt), and hyper-util's pooled client.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
