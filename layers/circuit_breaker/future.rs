@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::state::Ticket;
+use super::scope::Ticket;
 use super::{CircuitOpen, OnOpen};
 use crate::classify::Classify;
 use crate::error::BoxError;

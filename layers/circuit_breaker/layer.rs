@@ -4,7 +4,8 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use tower_layer::Layer;
 
-use super::state::{BreakerRegistry, OnTransition, Table};
+use super::registry::{BreakerRegistry, OnTransition};
+use super::table::Table;
 use super::{CircuitBreaker, CircuitBreakerSettings, CircuitOpen};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::BoxError;

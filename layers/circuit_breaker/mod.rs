@@ -136,12 +136,15 @@
 //! short burst at high traffic; the ratio over a window with a minimum throughput does not, and
 //! the consecutive trip is there for low traffic, where the window never fills.
 
+mod encoding;
 mod error;
 mod future;
 mod layer;
+mod registry;
+mod scope;
 mod service;
 mod settings;
-mod state;
+mod table;
 
 #[cfg(test)]
 mod tests;
@@ -149,6 +152,6 @@ mod tests;
 pub use error::CircuitOpen;
 pub use future::CircuitBreakerFuture;
 pub use layer::{ByDestination, CircuitBreakerLayer, OnOpen, Respond502, ReturnError, ScopeBy};
+pub use registry::{BreakerRegistry, CircuitState, OnTransition, ScopeSnapshot, Transition};
 pub use service::CircuitBreaker;
 pub use settings::{CircuitBreakerSettings, CircuitBreakerSettingsBuilder, InvalidSettings};
-pub use state::{BreakerRegistry, CircuitState, OnTransition, ScopeSnapshot, Transition};

@@ -8,7 +8,9 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::CircuitBreakerFuture;
-use super::state::{Admission, BreakerRegistry, Scope, Table};
+use super::registry::BreakerRegistry;
+use super::scope::{Admission, Scope};
+use super::table::Table;
 use super::{CircuitBreakerLayer, OnOpen, ScopeBy};
 use crate::classify::Classify;
 use crate::context::{Deadline, RequestContext};

@@ -1,4 +1,5 @@
-//! The breaker state of every scope, and the bounded table that holds them.
+//! One scope's breaker: its state machine, its rolling window, and the ticket each admitted
+//! request carries until its outcome is counted.
 //!
 //! Per scope, everything the closed-state path touches is an atomic: the state word, the
 //! window's buckets (one `AtomicU64` each) and the consecutive-failure counter. Transitions are
@@ -7,197 +8,60 @@
 //! shard behind its own `RwLock`, and a service instance caches the scope it used last, so a
 //! client talking to one destination does not touch the table at all after its first call.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{CircuitBreakerSettings, CircuitOpen};
+use super::CircuitOpen;
 use crate::outcome::Outcome;
 
-/// The state of one scope's breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CircuitState {
-    /// Requests flow; outcomes are counted.
-    Closed,
-    /// Requests are refused until the break is over.
-    Open,
-    /// One probe is in flight; every other request is refused until it ends.
-    HalfOpen,
-}
-
-impl CircuitState {
-    /// `closed`, `open` or `half_open`: the form used in tracing events and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half_open",
-        }
-    }
-}
-
-impl fmt::Display for CircuitState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A state change of one scope's breaker, as given to [`OnTransition`] listeners.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct Transition<'a> {
-    /// The scope, by default `scheme://authority`.
-    pub scope: &'a str,
-    /// The state before.
-    pub from: CircuitState,
-    /// The state after.
-    pub to: CircuitState,
-    /// Failures over requests in the rolling window at the moment of the change (0 when empty).
-    pub failure_ratio: f64,
-    /// Requests in the rolling window at the moment of the change.
-    pub requests: u64,
-}
-
-/// A listener for breaker events: the hook a metrics layer uses for a state gauge.
-///
-/// Called synchronously, on the request path, by the caller that made the change: it must be
-/// quick and must not block. Any `Fn(&Transition<'_>)` closure is a listener.
-pub trait OnTransition: Send + Sync + 'static {
-    /// A scope changed state.
-    fn on_transition(&self, transition: &Transition<'_>);
-
-    /// A scope was forgotten (idle, or evicted to make room): drop its gauge. By default nothing.
-    fn on_forget(&self, scope: &str) {
-        let _ = scope;
-    }
-}
-
-impl<F> OnTransition for F
-where
-    F: Fn(&Transition<'_>) + Send + Sync + 'static,
-{
-    fn on_transition(&self, transition: &Transition<'_>) {
-        self(transition)
-    }
-}
-
-/// What a scope looked like at the moment of a [`snapshot`](BreakerRegistry::snapshot).
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ScopeSnapshot {
-    /// The scope.
-    pub scope: String,
-    /// Its state. An open breaker whose break is over stays `Open` until a caller probes.
-    pub state: CircuitState,
-    /// Requests in the rolling window.
-    pub requests: u64,
-    /// Failures in the rolling window.
-    pub failures: u64,
-    /// Failures in a row.
-    pub consecutive_failures: u32,
-    /// When an open breaker lets the next probe go.
-    pub next_probe_at: Option<Instant>,
-}
-
-// The state word: 2 bits of kind, 16 bits of generation, 46 bits of "probe allowed from" in
-// milliseconds since the table's origin (open only). The generation makes every transition a
-// new value, so an outcome admitted under an earlier state is recognised and ignored (modulo
-// 2^16: a call would have to outlive 65,536 transitions of its scope to be mistaken).
-const KIND_MASK: u64 = 0b11;
-const CLOSED: u64 = 0;
-const OPEN: u64 = 1;
-const HALF_OPEN: u64 = 2;
-const GENERATION_SHIFT: u32 = 2;
-const GENERATION_MASK: u64 = 0xffff;
-const REOPEN_SHIFT: u32 = 18;
-const REOPEN_MAX_MS: u64 = (1 << (64 - REOPEN_SHIFT)) - 1;
-
-fn pack_state(kind: u64, generation: u64, reopen_ms: u64) -> u64 {
-    kind | (generation & GENERATION_MASK) << GENERATION_SHIFT
-        | reopen_ms.min(REOPEN_MAX_MS) << REOPEN_SHIFT
-}
-
-fn kind_of(word: u64) -> u64 {
-    word & KIND_MASK
-}
-
-fn generation_of(word: u64) -> u64 {
-    (word >> GENERATION_SHIFT) & GENERATION_MASK
-}
-
-fn reopen_ms_of(word: u64) -> u64 {
-    word >> REOPEN_SHIFT
-}
-
-fn state_of(word: u64) -> CircuitState {
-    match kind_of(word) {
-        CLOSED => CircuitState::Closed,
-        OPEN => CircuitState::Open,
-        _ => CircuitState::HalfOpen,
-    }
-}
-
-// A bucket word: 24 bits of epoch tag (the bucket's epoch modulo 2^24), 20 bits of failures,
-// 20 bits of requests. One word per bucket lets a single compare-and-swap both start a new
-// epoch and count into it, so no count is ever lost to a reset. Counts saturate at about a
-// million per bucket.
-const TAG_MASK: u64 = (1 << 24) - 1;
-/// A scope unused for this many buckets has its window cleared, so no tag can come round again.
-const STALE_AFTER_BUCKETS: u64 = 1 << 23;
-const COUNT_MASK: u64 = (1 << 20) - 1;
-
-fn pack_bucket(tag: u64, failures: u64, requests: u64) -> u64 {
-    tag << 40 | failures.min(COUNT_MASK) << 20 | requests.min(COUNT_MASK)
-}
-
-fn unpack_bucket(word: u64) -> (u64, u64, u64) {
-    (word >> 40, (word >> 20) & COUNT_MASK, word & COUNT_MASK)
-}
+use super::encoding::{
+    generation_of, kind_of, pack_bucket, pack_state, reopen_ms_of, slot_epoch, state_of,
+    unpack_bucket, CLOSED, GENERATION_MASK, HALF_OPEN, OPEN, TAG_MASK,
+};
+use super::registry::{CircuitState, OnTransition, ScopeSnapshot, Transition};
 
 /// What every scope of one table shares: settings in the units the arithmetic uses, the clock
 /// origin and the listeners.
 pub(super) struct Core {
-    origin: Instant,
-    failure_threshold: f64,
-    minimum_throughput: u64,
-    windows: u64,
-    bucket_nanos: u64,
-    break_nanos: u64,
-    stale_after_ms: u64,
-    consecutive_failures: Option<u32>,
-    listeners: RwLock<Vec<Arc<dyn OnTransition>>>,
+    pub(super) origin: Instant,
+    pub(super) failure_threshold: f64,
+    pub(super) minimum_throughput: u64,
+    pub(super) windows: u64,
+    pub(super) bucket_nanos: u64,
+    pub(super) break_nanos: u64,
+    pub(super) stale_after_ms: u64,
+    pub(super) consecutive_failures: Option<u32>,
+    pub(super) listeners: RwLock<Vec<Arc<dyn OnTransition>>>,
     /// Calls refused by an open or half-open breaker, for metrics; touched only on refusal.
-    refused: AtomicU64,
+    pub(super) refused: AtomicU64,
 }
 
 impl Core {
-    fn nanos(&self, now: Instant) -> u64 {
+    pub(super) fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn epoch(&self, now: Instant) -> u64 {
+    pub(super) fn epoch(&self, now: Instant) -> u64 {
         self.nanos(now) / self.bucket_nanos
     }
 
     /// The first millisecond at which a breaker opened at `now` lets a probe go: rounded up, so
     /// a probe never goes early.
-    fn reopen_ms(&self, now: Instant) -> u64 {
+    pub(super) fn reopen_ms(&self, now: Instant) -> u64 {
         self.nanos(now)
             .saturating_add(self.break_nanos)
             .div_ceil(1_000_000)
     }
 
-    fn instant_at_ms(&self, ms: u64) -> Instant {
+    pub(super) fn instant_at_ms(&self, ms: u64) -> Instant {
         self.origin + Duration::from_millis(ms)
     }
 
-    fn emit(&self, scope: &Scope, from: CircuitState, to: CircuitState, now: Instant) {
+    pub(super) fn emit(&self, scope: &Scope, from: CircuitState, to: CircuitState, now: Instant) {
         let (requests, failures) = scope.window(self.epoch(now));
         let failure_ratio = if requests == 0 {
             0.0
@@ -226,7 +90,7 @@ impl Core {
 
     /// A copy of the listeners, so that none is called under the lock (one may add another).
     /// Transitions are rare: the copy costs nothing that matters.
-    fn listeners(&self) -> Vec<Arc<dyn OnTransition>> {
+    pub(super) fn listeners(&self) -> Vec<Arc<dyn OnTransition>> {
         self.listeners
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -236,13 +100,13 @@ impl Core {
 
 /// One scope's breaker.
 pub(super) struct Scope {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
     pub(super) name: Arc<str>,
-    state: AtomicU64,
-    consecutive: AtomicU32,
-    buckets: Box<[AtomicU64]>,
+    pub(super) state: AtomicU64,
+    pub(super) consecutive: AtomicU32,
+    pub(super) buckets: Box<[AtomicU64]>,
     /// Milliseconds since the origin of the last admission, for idleness and LRU eviction.
-    last_used_ms: AtomicU64,
+    pub(super) last_used_ms: AtomicU64,
     /// Set once the table has dropped this scope: services caching it look it up again.
     pub(super) forgotten: AtomicBool,
 }
@@ -254,7 +118,7 @@ pub(super) enum Admission {
 }
 
 impl Scope {
-    fn new(core: Arc<Core>, name: &str, now_ms: u64) -> Self {
+    pub(super) fn new(core: Arc<Core>, name: &str, now_ms: u64) -> Self {
         let buckets = (0..core.windows).map(|_| AtomicU64::new(0)).collect();
         Scope {
             core,
@@ -342,7 +206,7 @@ impl Scope {
     }
 
     /// Requests and failures in the window that ends with `epoch`.
-    fn window(&self, epoch: u64) -> (u64, u64) {
+    pub(super) fn window(&self, epoch: u64) -> (u64, u64) {
         let windows = self.core.windows;
         let (mut requests, mut failures) = (0, 0);
         for (slot, bucket) in (0u64..).zip(self.buckets.iter()) {
@@ -359,7 +223,7 @@ impl Scope {
     }
 
     /// Counts one outcome in the bucket of `epoch`.
-    fn count(&self, epoch: u64, failed: bool) {
+    pub(super) fn count(&self, epoch: u64, failed: bool) {
         let windows = self.core.windows;
         let slot = (epoch % windows) as usize;
         let tag = epoch & TAG_MASK;
@@ -384,7 +248,7 @@ impl Scope {
     /// Zeroes the buckets that fell out of the window, once per new bucket, so that a bucket
     /// is never left alone long enough for its 24-bit tag to come round again while the scope
     /// is in use. Compare-and-swap only zeroes what it read, so a concurrent count survives.
-    fn sweep(&self, epoch: u64) {
+    pub(super) fn sweep(&self, epoch: u64) {
         let windows = self.core.windows;
         for (slot, bucket) in (0u64..).zip(self.buckets.iter()) {
             let word = bucket.load(Ordering::Relaxed);
@@ -408,19 +272,19 @@ impl Scope {
         }
     }
 
-    fn clear_buckets(&self) {
+    pub(super) fn clear_buckets(&self) {
         for bucket in self.buckets.iter() {
             bucket.store(0, Ordering::Release);
         }
     }
 
-    fn reset_window(&self) {
+    pub(super) fn reset_window(&self) {
         self.clear_buckets();
         self.consecutive.store(0, Ordering::Release);
     }
 
     /// Records the outcome of a request let through while closed under `generation`.
-    fn record_closed(&self, generation: u64, failed: bool, now: Instant) {
+    pub(super) fn record_closed(&self, generation: u64, failed: bool, now: Instant) {
         let word = self.state.load(Ordering::Acquire);
         // The state changed since admission: this outcome belongs to a window that is gone.
         if kind_of(word) != CLOSED || generation_of(word) != generation {
@@ -463,7 +327,7 @@ impl Scope {
     /// Ends the half-open state of `generation`: closed with a fresh window after a success,
     /// open for another break after a failure, open with the break over (the next caller
     /// probes) when the probe ended without an outcome.
-    fn end_probe(&self, generation: u64, outcome: ProbeOutcome, now: Instant) {
+    pub(super) fn end_probe(&self, generation: u64, outcome: ProbeOutcome, now: Instant) {
         let half_open = pack_state(HALF_OPEN, generation, 0);
         let (next, to) = match outcome {
             ProbeOutcome::Accepted => {
@@ -489,7 +353,7 @@ impl Scope {
         }
     }
 
-    fn snapshot(&self, now: Instant) -> ScopeSnapshot {
+    pub(super) fn snapshot(&self, now: Instant) -> ScopeSnapshot {
         let word = self.state.load(Ordering::Acquire);
         let (requests, failures) = self.window(self.core.epoch(now));
         ScopeSnapshot {
@@ -505,28 +369,22 @@ impl Scope {
 }
 
 /// How a probe ended.
-enum ProbeOutcome {
+pub(super) enum ProbeOutcome {
     Accepted,
     Rejected,
     /// Dropped before it had an outcome.
     Abandoned,
 }
 
-/// The epoch in the window ending at `epoch` that lands in `slot`, if the window reaches it.
-fn slot_epoch(epoch: u64, slot: u64, windows: u64) -> Option<u64> {
-    let back = (epoch % windows + windows - slot) % windows;
-    epoch.checked_sub(back)
-}
-
 /// A request's claim on its scope: says how its outcome is counted.
 pub(super) struct Ticket {
-    scope: Arc<Scope>,
-    generation: u64,
-    probe: bool,
-    done: bool,
+    pub(super) scope: Arc<Scope>,
+    pub(super) generation: u64,
+    pub(super) probe: bool,
+    pub(super) done: bool,
     /// When the attempt's time runs out: a ticket dropped unrecorded at or after it was cut by
     /// a deadline (whichever layer dropped it), which is a failure of the destination.
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
 }
 
 impl Ticket {
@@ -543,7 +401,7 @@ impl Ticket {
         self
     }
 
-    fn record(&self, failed: Option<bool>, now: Instant) {
+    pub(super) fn record(&self, failed: Option<bool>, now: Instant) {
         match (self.probe, failed) {
             (true, Some(false)) => {
                 self.scope
@@ -583,241 +441,5 @@ impl fmt::Debug for Ticket {
             .field("scope", &self.scope.name)
             .field("probe", &self.probe)
             .finish()
-    }
-}
-
-/// The bounded, sharded table of scopes, shared by a layer and every service it made.
-pub(super) struct Table {
-    core: Arc<Core>,
-    hasher: RandomState,
-    shards: Box<[Shard]>,
-    idle_ms: u64,
-}
-
-struct Shard {
-    capacity: usize,
-    scopes: RwLock<HashMap<Box<str>, Arc<Scope>>>,
-}
-
-/// Shards take the table's lookups; 16 keeps write contention low on any core count that
-/// matters here and costs 16 small maps.
-const MAX_SHARDS: usize = 16;
-
-impl Table {
-    pub(super) fn new(settings: &CircuitBreakerSettings) -> Self {
-        let windows = u64::from(settings.windows_count);
-        let bucket_nanos =
-            u64::try_from(settings.sampling_duration.as_nanos() / u128::from(windows))
-                .unwrap_or(u64::MAX)
-                .max(1);
-        let core = Arc::new(Core {
-            origin: Instant::now(),
-            failure_threshold: settings.failure_threshold,
-            minimum_throughput: u64::from(settings.minimum_throughput),
-            windows,
-            bucket_nanos,
-            break_nanos: u64::try_from(settings.break_duration.as_nanos()).unwrap_or(u64::MAX),
-            stale_after_ms: bucket_nanos.saturating_mul(STALE_AFTER_BUCKETS) / 1_000_000,
-            consecutive_failures: settings.consecutive_failures,
-            listeners: RwLock::new(Vec::new()),
-            refused: AtomicU64::new(0),
-        });
-        // Split the bound exactly: the shards' capacities add up to max_scopes.
-        let count = settings.max_scopes.clamp(1, MAX_SHARDS);
-        let shards = (0..count)
-            .map(|i| Shard {
-                capacity: settings.max_scopes / count
-                    + usize::from(i < settings.max_scopes % count),
-                scopes: RwLock::new(HashMap::new()),
-            })
-            .collect();
-        Table {
-            core,
-            hasher: RandomState::new(),
-            shards,
-            idle_ms: u64::try_from(settings.idle_timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        }
-    }
-
-    fn shard(&self, scope: &str) -> &Shard {
-        let index = self.hasher.hash_one(scope) % self.shards.len() as u64;
-        &self.shards[index as usize]
-    }
-
-    /// The scope called `name`, created if need be; makes room when its shard is full.
-    pub(super) fn scope(&self, name: &str, now: Instant) -> Arc<Scope> {
-        let shard = self.shard(name);
-        if let Some(scope) = shard
-            .scopes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return scope.clone();
-        }
-        let now_ms = self.core.nanos(now) / 1_000_000;
-        let mut forgotten = Vec::new();
-        let scope = {
-            let mut scopes = shard.scopes.write().unwrap_or_else(PoisonError::into_inner);
-            if let Some(scope) = scopes.get(name) {
-                return scope.clone();
-            }
-            // New scopes are where an attacker-chosen host costs memory: forget the idle ones
-            // first, then the least recently used, so the shard never grows past its share.
-            self.forget_idle_in(&mut scopes, now_ms, &mut forgotten);
-            while scopes.len() >= shard.capacity {
-                let Some(oldest) = scopes
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_used_ms.load(Ordering::Relaxed))
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                if let Some(scope) = scopes.remove(&oldest) {
-                    scope.forgotten.store(true, Ordering::Release);
-                    forgotten.push(scope);
-                }
-            }
-            let scope = Arc::new(Scope::new(self.core.clone(), name, now_ms));
-            scopes.insert(name.into(), scope.clone());
-            scope
-        };
-        self.announce_forgotten(&forgotten);
-        scope
-    }
-
-    fn forget_idle_in(
-        &self,
-        scopes: &mut HashMap<Box<str>, Arc<Scope>>,
-        now_ms: u64,
-        forgotten: &mut Vec<Arc<Scope>>,
-    ) {
-        scopes.retain(|_, scope| {
-            let idle =
-                now_ms.saturating_sub(scope.last_used_ms.load(Ordering::Relaxed)) >= self.idle_ms;
-            if idle {
-                scope.forgotten.store(true, Ordering::Release);
-                forgotten.push(scope.clone());
-            }
-            !idle
-        });
-    }
-
-    /// Tells listeners, outside the shard lock, which scopes were dropped.
-    fn announce_forgotten(&self, forgotten: &[Arc<Scope>]) {
-        if forgotten.is_empty() {
-            return;
-        }
-        let listeners = self.core.listeners();
-        for scope in forgotten {
-            tracing::debug!(scope = %scope.name, "circuit breaker forgot a scope");
-            for listener in listeners.iter() {
-                listener.on_forget(&scope.name);
-            }
-        }
-    }
-}
-
-/// A handle on a breaker's scopes: states, snapshots and listeners.
-///
-/// Every service made by one [`CircuitBreakerLayer`](super::CircuitBreakerLayer) shares one
-/// registry; get it with [`CircuitBreakerLayer::registry`](super::CircuitBreakerLayer::registry).
-/// Cloning it is cheap.
-#[derive(Clone)]
-pub struct BreakerRegistry {
-    pub(super) table: Arc<Table>,
-}
-
-impl BreakerRegistry {
-    /// The state of `scope`'s breaker; `None` if the scope is unknown (never used, or forgotten),
-    /// which behaves as closed.
-    pub fn state(&self, scope: &str) -> Option<CircuitState> {
-        self.table
-            .shard(scope)
-            .scopes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(scope)
-            .map(|s| s.state())
-    }
-
-    /// Calls refused so far by this table's open and half-open breakers.
-    pub fn refused(&self) -> u64 {
-        self.table.core.refused.load(Ordering::Relaxed)
-    }
-
-    /// Every known scope, sorted by name.
-    pub fn snapshot(&self) -> Vec<ScopeSnapshot> {
-        let now = Instant::now();
-        let mut all: Vec<ScopeSnapshot> = self
-            .table
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .scopes
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .map(|s| s.snapshot(now))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        all.sort_by(|a, b| a.scope.cmp(&b.scope));
-        all
-    }
-
-    /// How many scopes are remembered.
-    pub fn len(&self) -> usize {
-        self.table
-            .shards
-            .iter()
-            .map(|s| {
-                s.scopes
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .len()
-            })
-            .sum()
-    }
-
-    /// Whether no scope is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Forgets every scope idle for the idle timeout now, rather than when its shard next needs
-    /// room. Call it from a periodic task if scopes come and go.
-    pub fn forget_idle(&self) {
-        let now_ms = self.table.core.nanos(Instant::now()) / 1_000_000;
-        for shard in self.table.shards.iter() {
-            let mut forgotten = Vec::new();
-            self.table.forget_idle_in(
-                &mut shard.scopes.write().unwrap_or_else(PoisonError::into_inner),
-                now_ms,
-                &mut forgotten,
-            );
-            self.table.announce_forgotten(&forgotten);
-        }
-    }
-
-    /// Adds a listener called on every state change and every forgotten scope, from now on.
-    pub fn on_transition(&self, listener: impl OnTransition) {
-        self.table
-            .core
-            .listeners
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::new(listener));
-    }
-}
-
-impl fmt::Debug for BreakerRegistry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BreakerRegistry")
-            .field("scopes", &self.len())
-            .finish_non_exhaustive()
     }
 }
