@@ -34,7 +34,15 @@ OPTIONS:
     --service-name NAME    sent as X-Service-Name
     -h, --help             print this help
 
-A POST or PATCH is sent once whatever the strategy, unless it has an Idempotency-Key.";
+By method, a POST or PATCH is sent once unless it has an Idempotency-Key; --strategy is
+the caller's word for this request and is honoured for any method. A request that never
+reached the server (connection refused) is sent again, up to three times, for any method.
+
+EXIT STATUS:
+    0    a 2xx answer, its body read whole
+    1    an answer that is not 2xx
+    2    no answer: deadline exceeded, connection failed, a body cut short
+    64   bad arguments";
 
 struct Args {
     url: String,
@@ -134,7 +142,8 @@ async fn main() -> ExitCode {
     if let Some(data) = args.data {
         request = request.body(data);
     }
-    let backoff = Delays::linear(Duration::from_millis(50), Duration::from_millis(50));
+    // aio-request's linear_backoff_delays(): 0 + k * 50 ms, ±20%.
+    let backoff = Delays::linear(Duration::ZERO, Duration::from_millis(50));
     request = match args.strategy.as_deref() {
         Some("single") => request.strategy(Strategy::single()),
         Some("sequential") => request.strategy(Strategy::sequential(args.attempts, backoff)),
@@ -154,9 +163,13 @@ async fn main() -> ExitCode {
                 status.as_u16(),
                 status.canonical_reason().unwrap_or("")
             );
+            // The body was read inside the attempt; a body cut short already failed the call.
             match response.text().await {
                 Ok(body) => println!("{body}"),
-                Err(err) => eprintln!("(body unreadable: {err})"),
+                Err(err) => {
+                    eprintln!("body unreadable: {err}");
+                    return ExitCode::from(2);
+                }
             }
             eprintln!("attempts: {attempts}");
             if status.is_success() {
