@@ -14,7 +14,8 @@
 //! Errors are judged by [`outcome_of_error`], which finds the typed errors of the stack:
 //!
 //! - the request never left ([`Outcome::NotSent`]): a connect error (refused, timed out, DNS),
-//!   `ECONNREFUSED`, an HTTP/2 stream the server refused (`REFUSED_STREAM`);
+//!   `ECONNREFUSED`, an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`)
+//!   or left unprocessed (above the last stream id of a graceful `GOAWAY`);
 //! - no connection free in time ([`Outcome::NotSentLocally`]): the `Client` preset's
 //!   [`PoolTimeout`](crate::client::PoolTimeout);
 //! - refused here ([`Outcome::Refused`]): a call the deadline layer did not send for want of
@@ -94,9 +95,13 @@ fn never_left(error: &(dyn Error + 'static)) -> bool {
     }
     #[cfg(feature = "client")]
     if find_source::<h2::Error>(error).is_some_and(|e| {
-        // The server refused the stream before processing it (RFC 9113, 8.7), or a GOAWAY
-        // told us it will never process it.
-        e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+        // RFC 9113, 8.7: a stream reset with REFUSED_STREAM was not processed, and a graceful
+        // GOAWAY (NO_ERROR) fails only the streams above the server's last processed one. A
+        // GOAWAY with an error code is not enough: h2 then fails every open stream with it,
+        // processed ones included.
+        e.is_remote()
+            && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
     }) {
         return true;
     }

@@ -520,3 +520,120 @@ async fn the_preset_bounds_connections_per_destination_and_a_pool_timeout_is_no_
         let _ = call.await.unwrap();
     }
 }
+
+/// An HTTP/2 server written frame by frame, to send what the `h2` crate's server cannot be made
+/// to: a GOAWAY naming a last stream id below the request it just read.
+///
+/// On each connection it reads the preface, settles SETTINGS and reads one request's HEADERS;
+/// the first connection then gets `GOAWAY(last_stream_id, code)` and is closed, later ones get
+/// `:status 200`. Counts the requests read on the first connection and answered on the others.
+async fn goaway_server(last_stream_id: u32, code: u32) -> (SocketAddr, Arc<AtomicUsize>) {
+    async fn read_frame(stream: &mut tokio::net::TcpStream) -> Option<(u8, u32)> {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.ok()?;
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).await.ok()?;
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        Some((head[3], id))
+    }
+    fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+        let length = (payload.len() as u32).to_be_bytes();
+        let mut out = vec![length[1], length[2], length[3], kind, flags];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut preface = [0u8; 24];
+            if stream.read_exact(&mut preface).await.is_err() {
+                continue;
+            }
+            // Our SETTINGS (none), then read until the client's first HEADERS (type 1).
+            let _ = stream.write_all(&frame(4, 0, 0, &[])).await;
+            let mut request = None;
+            while let Some((kind, id)) = read_frame(&mut stream).await {
+                if kind == 4 {
+                    let _ = stream.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
+                }
+                if kind == 1 {
+                    request = Some(id);
+                    break;
+                }
+            }
+            let Some(id) = request else { continue };
+            if std::mem::take(&mut first) {
+                let mut payload = last_stream_id.to_be_bytes().to_vec();
+                payload.extend_from_slice(&code.to_be_bytes());
+                let _ = stream.write_all(&frame(7, 0, 0, &payload)).await; // GOAWAY
+                                                                           // Held open, so that the client's h2 acts on the GOAWAY itself rather than on a
+                                                                           // closed socket; bounded, so that the test ends whatever the client does.
+                let mut rest = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest))
+                    .await;
+                continue;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            // HEADERS, END_STREAM | END_HEADERS, HPACK static index 8: `:status: 200`.
+            let _ = stream.write_all(&frame(1, 0x5, id, &[0x88])).await;
+            // Keep the connection until the client goes.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        }
+    });
+    (addr, answered)
+}
+
+#[tokio::test]
+async fn a_post_left_unprocessed_by_a_graceful_goaway_is_sent_again() {
+    // GOAWAY(last_stream_id = 0, NO_ERROR): stream 1 was never processed.
+    let (addr, answered) = goaway_server(0, 0).await;
+    let strategy = StrategyLayer::new();
+    let stats = strategy.stats();
+    let client = Client::builder()
+        .http2_only(true)
+        .strategy(strategy)
+        .build()
+        .unwrap();
+    let response = client
+        .post(&format!("http://{addr}/orders"))
+        .body("{\"order\": 7}")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("{err:?}"));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.snapshot().retries, 1);
+}
+
+#[tokio::test]
+async fn a_post_the_server_may_have_processed_before_an_error_goaway_is_not_sent_again() {
+    // GOAWAY(last_stream_id = 1, INTERNAL_ERROR): stream 1 may have been processed. (h2 0.4
+    // reports this stream's end as a broken pipe; were it reported as the GOAWAY itself, the
+    // classifier's NO_ERROR condition is what keeps it from being resent.)
+    let (addr, answered) = goaway_server(1, 2).await;
+    let strategy = StrategyLayer::new();
+    let stats = strategy.stats();
+    let client = Client::builder()
+        .http2_only(true)
+        .strategy(strategy)
+        .build()
+        .unwrap();
+    let err = client
+        .post(&format!("http://{addr}/orders"))
+        .body("{\"order\": 7}")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(outcome_of_error(err.as_ref()), Outcome::Failure, "{err:?}");
+    assert_eq!(stats.snapshot().retries, 0);
+    assert_eq!(answered.load(Ordering::SeqCst), 0);
+}
