@@ -62,6 +62,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         .client_deadline(Duration::from_secs(2)) // fixes the deadline every attempt shares
         .strategy(StrategyLayer::new()) // GET: 3 attempts with linear backoff
         .propagate(PropagateLayer::new().service_name("hyper-client-example")?) // per attempt
+        .read_body(1024 * 1024) // the body read inside the attempt: a cut body is retried
         .service(transport);
 
     let request = Request::get(format!("http://{addr}/")).body(Full::default())?;

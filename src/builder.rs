@@ -107,6 +107,12 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
     ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>>;
+
+    /// Reads each response body whole, up to `max` bytes, inside the attempt
+    /// ([`ReadBodyLayer`](crate::read_body::ReadBodyLayer)): put it just above the transport, so
+    /// that a body that fails is a failed attempt for the layers above.
+    #[cfg(feature = "read-body")]
+    fn read_body(self, max: usize) -> ServiceBuilder<Stack<crate::read_body::ReadBodyLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -185,5 +191,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         layer: crate::circuit_breaker::CircuitBreakerLayer<C, K, M>,
     ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C, K, M>, L>> {
         self.layer(layer)
+    }
+
+    #[cfg(feature = "read-body")]
+    fn read_body(self, max: usize) -> ServiceBuilder<Stack<crate::read_body::ReadBodyLayer, L>> {
+        self.layer(crate::read_body::ReadBodyLayer::new(max))
     }
 }

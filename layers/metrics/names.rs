@@ -50,6 +50,7 @@ pub(crate) struct FailureValues {
     /// of time.
     pub(crate) timeout: &'static str,
     /// An open circuit breaker refused it.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     pub(crate) circuit_open: &'static str,
 }
 
