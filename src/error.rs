@@ -29,7 +29,15 @@ pub fn find_source<'a, E: std::error::Error + 'static>(
         if let Some(found) = err.downcast_ref::<E>() {
             return Some(found);
         }
-        current = err.source();
+        // `io::Error::source` skips the error an `io::Error` wraps and goes to that error's
+        // source; look at the wrapped one itself (a TLS handshake's rustls error is one).
+        current = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }

@@ -72,6 +72,12 @@ pub type ClientBody = Full<Bytes>;
 
 mod pool;
 mod redirect;
+#[cfg(feature = "tls")]
+mod tls;
+
+/// The rustls crate the `Client` preset's TLS settings take, for [`ClientBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;
 
 use pool::{ConnectionLimit, ConnectionLimits};
 pub use pool::{PoolTimeout, MAX_DESTINATIONS};
@@ -96,6 +102,7 @@ struct NoRedirects;
 type Stack = BoxCloneSyncService<Request<ClientBody>, Response<FullBody>, BoxError>;
 
 /// A client configuration the builder refused.
+#[non_exhaustive]
 #[derive(Debug)]
 pub enum ClientBuildError {
     /// The base URL is not an absolute `http` or `https` URL.
@@ -106,6 +113,9 @@ pub enum ClientBuildError {
     InvalidServiceName(String),
     /// `https` needs the `tls` feature.
     TlsUnavailable,
+    /// A TLS setting cannot be used: a PEM that holds no certificate, a key that does not fit
+    /// its certificate, no trusted roots at all.
+    InvalidTls(String),
 }
 
 impl fmt::Display for ClientBuildError {
@@ -122,6 +132,7 @@ impl fmt::Display for ClientBuildError {
             ClientBuildError::TlsUnavailable => {
                 f.write_str("https needs tower-lifeline's `tls` feature")
             }
+            ClientBuildError::InvalidTls(reason) => write!(f, "invalid TLS setting: {reason}"),
         }
     }
 }
@@ -161,6 +172,8 @@ pub struct ClientBuilder {
     metrics: Option<ClientMetrics>,
     max_response_body: usize,
     propagate: PropagateLayer,
+    #[cfg(feature = "tls")]
+    tls: tls::TlsSettings,
 }
 
 /// The default bound on connections to one destination (httpx's `max_connections`).
@@ -193,6 +206,8 @@ impl Default for ClientBuilder {
             metrics: None,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             propagate: PropagateLayer::new(),
+            #[cfg(feature = "tls")]
+            tls: tls::TlsSettings::default(),
         }
     }
 }
@@ -272,6 +287,56 @@ impl ClientBuilder {
     /// the destination.
     pub fn pool_timeout(mut self, timeout: Duration) -> Self {
         self.pool_timeout = timeout;
+        self
+    }
+
+    /// Also trust the CA certificates in `pem` (one or more `CERTIFICATE` blocks): a private CA.
+    /// Call it once per file. With [`tls_webpki_roots(false)`](Self::tls_webpki_roots) only the
+    /// CAs given here (and the platform's, if asked) are trusted.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls.extra_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Also trust the platform's trust store (`/etc/ssl/certs` and the like, through
+    /// rustls-native-certs). Default off.
+    #[cfg(feature = "tls")]
+    pub fn tls_platform_roots(mut self, trust: bool) -> Self {
+        self.tls.platform_roots = trust;
+        self
+    }
+
+    /// Trust the public web's roots (webpki-roots, Mozilla's list). Default on; turn it off for
+    /// a client that should reach only services of a private CA.
+    #[cfg(feature = "tls")]
+    pub fn tls_webpki_roots(mut self, trust: bool) -> Self {
+        self.tls.webpki_roots = trust;
+        self
+    }
+
+    /// Present this certificate chain and private key (PEM) to servers that ask for one:
+    /// mutual TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_identity_pem(
+        mut self,
+        certificate_chain: impl AsRef<[u8]>,
+        private_key: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls.identity_pem = Some((
+            certificate_chain.as_ref().to_vec(),
+            private_key.as_ref().to_vec(),
+        ));
+        self
+    }
+
+    /// A whole rustls configuration for everything the settings above do not cover (a custom
+    /// verifier, SPIFFE, session resumption, key logging); it replaces them. Its ALPN protocols
+    /// are set by the client (`h2` and `http/1.1`, or `h2` alone with
+    /// [`http2_only`](Self::http2_only)).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls.config = Some(std::sync::Arc::new(config));
         self
     }
 
@@ -389,8 +454,12 @@ impl ClientBuilder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(self.http2_only);
+        #[cfg(feature = "tls")]
+        let pooled = connect(pool, http, self.http2_only, self.tls.client_config()?);
+        #[cfg(not(feature = "tls"))]
+        let pooled = connect(pool, http, self.http2_only);
         let transport = ConnectionLimit::new(
-            ReadBodyLayer::new(self.max_response_body).layer(connect(pool, http, self.http2_only)),
+            ReadBodyLayer::new(self.max_response_body).layer(pooled),
             ConnectionLimits::new(self.max_connections_per_host, self.pool_timeout),
         );
 
@@ -449,9 +518,11 @@ fn connect(
     pool: hyper_util::client::legacy::Builder,
     http: HttpConnector,
     http2_only: bool,
+    tls: rustls::ClientConfig,
 ) -> Pooled<hyper_rustls::HttpsConnector<HttpConnector>> {
+    // The connector sets the ALPN protocols from the versions enabled below.
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http();
     let https = if http2_only {
         builder.enable_http2().wrap_connector(http)
