@@ -1,8 +1,8 @@
-//! Response classification: the [`Outcome`] of an attempt, judged once and read by every layer.
+//! Response classification: the [`Outcome`] of an attempt, the same judgement wherever it is read.
 //!
 //! One classifier is shared by the strategies (retry or not), the circuit breaker (count a
-//! failure or not), the percentile delays (a latency sample or not) and the metrics, so all of
-//! them agree on what happened. The default is aio-request's, in its order:
+//! failure or not) and the percentile delays (a latency sample or not), so all of them agree on
+//! what happened; the metrics label the same errors by their types. The default is aio-request's, in its order:
 //!
 //! - a per-status override ([`DefaultClassifier::with_status`]) comes first, as aio-request
 //!   checks `verdict_for_status` first;
@@ -80,6 +80,12 @@ pub fn outcome_of_error(error: &(dyn Error + 'static)) -> Outcome {
     #[cfg(feature = "read-body")]
     if find_source::<crate::read_body::ResponseBodyTooLarge>(error).is_some() {
         return Outcome::Refused;
+    }
+    // The response's head arrived: the request reached the server, whatever ended the body (a
+    // stream reset with REFUSED_STREAM after the head included). Never "never left".
+    #[cfg(feature = "read-body")]
+    if find_source::<crate::read_body::ResponseBodyFailed>(error).is_some() {
+        return Outcome::Failure;
     }
     if never_left(error) {
         return Outcome::NotSent;

@@ -109,6 +109,15 @@ impl Deadline {
         Instant::now() >= self.0
     }
 
+    /// The deadline a request works to: its own [`Deadline`] extension, else the task-local
+    /// [`RequestContext`]'s. Layers that bound work by the deadline all read it this way.
+    pub fn of(extensions: &http::Extensions) -> Option<Deadline> {
+        extensions
+            .get::<Deadline>()
+            .copied()
+            .or_else(|| RequestContext::current().and_then(|c| c.deadline()))
+    }
+
     /// The earlier of two deadlines.
     pub fn earliest(self, other: Deadline) -> Deadline {
         self.min(other)

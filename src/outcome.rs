@@ -7,7 +7,7 @@
 //! | strategy | try again? | [`Outcome::is_retryable`], [`Outcome::never_left`] |
 //! | circuit breaker | is the destination failing? | [`Outcome::destination_failed`] |
 //! | percentile delays | is this a latency sample? | [`Outcome::is_success`] (and a 2xx status) |
-//! | metrics | what happened? | [`Outcome::as_str`] |
+//! | metrics | what happened? | the status, or the error's type (`timeout`, `error`, `circuit_open`) |
 //!
 //! One bit cannot answer all four, which is why a hanging destination once never opened the
 //! breaker: an attempt cut by the deadline was "final" to the strategy and therefore counted as a

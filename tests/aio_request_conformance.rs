@@ -351,3 +351,52 @@ async fn redirects_are_followed_with_the_body_replayed_and_bounded() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
 }
+
+#[tokio::test]
+async fn the_request_hook_does_not_run_on_a_redirect_that_left_the_origin() {
+    use axum::response::Redirect;
+    // B records the Authorization it was sent, if any.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let b = common::serve(Router::new().route(
+        "/x",
+        get(move |req: AxumRequest| {
+            let record = record.clone();
+            async move {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                record.lock().unwrap().push(auth);
+                "b"
+            }
+        }),
+    ))
+    .await;
+    // A sends every caller on to B, another origin.
+    let target = format!("http://{b}/x");
+    let a = common::serve(Router::new().route(
+        "/go",
+        get(move || {
+            let target = target.clone();
+            async move { Redirect::temporary(&target) }
+        }),
+    ))
+    .await;
+    let client = Client::builder()
+        .on_attempt(|parts| {
+            parts
+                .headers
+                .insert("authorization", "Bearer secret".parse().unwrap());
+        })
+        .build()
+        .unwrap();
+    let response = client
+        .get(&format!("http://{a}/go"))
+        .header("authorization", "Bearer also-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "b");
+    assert_eq!(*seen.lock().unwrap(), vec![None]);
+}

@@ -637,3 +637,53 @@ async fn a_post_the_server_may_have_processed_before_an_error_goaway_is_not_sent
     assert_eq!(stats.snapshot().retries, 0);
     assert_eq!(answered.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_post_whose_stream_is_refused_after_its_head_arrived_is_not_sent_again() {
+    // The head proves the server saw the request: a REFUSED_STREAM reset after it (a server or
+    // proxy breaking RFC 9113 8.7) must not make the client think the POST never left.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut body) = respond.send_response(Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"partial"), false);
+                        // After the head has reached the client (before it, a REFUSED_STREAM
+                        // is the RFC's "not processed", which the client has to believe).
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            body.send_reset(h2::Reason::REFUSED_STREAM);
+                        });
+                    }
+                }
+            });
+        }
+    });
+    let strategy = StrategyLayer::new();
+    let stats = strategy.stats();
+    let client = Client::builder()
+        .http2_only(true)
+        .strategy(strategy)
+        .build()
+        .unwrap();
+    let err = client
+        .post(&format!("http://{addr}/orders"))
+        .body("{\"order\": 7}")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(outcome_of_error(err.as_ref()), Outcome::Failure, "{err:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.snapshot().retries, 0);
+}

@@ -13,7 +13,7 @@ use super::scope::{Admission, Scope};
 use super::table::Table;
 use super::{CircuitBreakerLayer, OnOpen, ScopeBy};
 use crate::classify::Classify;
-use crate::context::{Deadline, RequestContext};
+use crate::context::Deadline;
 use crate::error::BoxError;
 
 /// The service made by [`CircuitBreakerLayer`]. See the [module docs](super).
@@ -143,11 +143,7 @@ where
 /// The deadline of the attempt: the request's own (the call's, or its share when attempts split
 /// it), else the task-local context's.
 fn attempt_deadline<B>(req: &Request<B>) -> Option<Instant> {
-    req.extensions()
-        .get::<Deadline>()
-        .copied()
-        .or_else(|| RequestContext::current().and_then(|c| c.deadline()))
-        .map(Deadline::instant)
+    Deadline::of(req.extensions()).map(Deadline::instant)
 }
 
 impl<S: fmt::Debug, C, K, M> fmt::Debug for CircuitBreaker<S, C, K, M> {

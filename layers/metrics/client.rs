@@ -15,7 +15,7 @@ use super::labels::{method_label, write_normalized_path, LabelText};
 use super::names::FailureValues;
 use super::series::SeriesTable;
 use super::MetricsConfig;
-use crate::context::{Deadline, RequestContext, RouteTemplate};
+use crate::context::{Deadline, RouteTemplate};
 use crate::error::{find_source, BoxError};
 use crate::headers;
 
@@ -287,12 +287,7 @@ where
             started: Instant::now(),
             status: None,
             breaker: false,
-            deadline: req
-                .extensions()
-                .get::<Deadline>()
-                .copied()
-                .or_else(|| RequestContext::current().and_then(|c| c.deadline()))
-                .map(Deadline::instant),
+            deadline: Deadline::of(req.extensions()).map(Deadline::instant),
         };
         ClientMetricsFuture {
             inner: self.inner.call(req),

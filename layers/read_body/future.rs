@@ -12,6 +12,9 @@ use pin_project_lite::pin_project;
 use super::{FullBody, ResponseBodyFailed, ResponseBodyTooLarge};
 use crate::error::BoxError;
 
+/// The most a body's announced length reserves up front (the buffer grows as bytes arrive).
+const INITIAL_CAPACITY_CAP: u64 = 64 * 1024;
+
 pin_project! {
     /// The response future of [`ReadBody`](super::ReadBody): the inner call, then its body.
     pub struct ReadBodyFuture<F, B> {
@@ -70,9 +73,12 @@ where
                     if body.size_hint().lower() > *this.max as u64 {
                         return Poll::Ready(Err(Box::new(ResponseBodyTooLarge::new(*this.max))));
                     }
-                    // Sized from the hint, so a body with a Content-Length is one allocation.
+                    // Sized from the hint, so a small body with a Content-Length is one
+                    // allocation; capped, so that a length the server merely announces cannot
+                    // reserve memory before a byte has arrived.
                     let expected = body.size_hint().exact().unwrap_or(0);
-                    let buffer = BytesMut::with_capacity(expected.min(*this.max as u64) as usize);
+                    let initial = expected.min(*this.max as u64).min(INITIAL_CAPACITY_CAP);
+                    let buffer = BytesMut::with_capacity(initial as usize);
                     this.state.set(State::Reading {
                         parts: Some(parts),
                         body,

@@ -78,6 +78,11 @@ where
                 KindProj::Single { inner } => return inner.poll(cx).map_err(Into::into),
                 KindProj::Many { future } => return future.as_mut().poll(cx),
                 KindProj::First { attempt, rest } => {
+                    // `rest` is taken when the attempt finishes: its absence means the future
+                    // already returned, and the attempt must not be polled again.
+                    if rest.is_none() {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    }
                     let done = std::task::ready!(attempt.poll(cx));
                     let Some((attempts, strategy)) = rest.take() else {
                         return Poll::Ready(Err("polled after completion".into()));

@@ -168,8 +168,8 @@ impl<C> StrategyLayer<C> {
     }
 
     /// How many times one attempt may be sent when it never reaches the server (connect refused,
-    /// DNS, an HTTP/2 stream refused, no pooled connection in time): default 3, as aio-request's
-    /// `connection_attempts`. These repeats are allowed for *any* method, a `POST` without
+    /// DNS, an HTTP/2 stream refused or left unprocessed by a graceful GOAWAY, no pooled
+    /// connection in time): default 3, as aio-request's `connection_attempts`. These repeats are allowed for *any* method, a `POST` without
     /// `Idempotency-Key` included, since the server never saw the request; they still need time
     /// before the deadline and the retry budget. 1 turns them off; 0 is taken as 1.
     pub fn connection_attempts(mut self, attempts: u32) -> Self {

@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::{PercentileDelays, Strategy};
 use crate::body::ReplayBody;
 use crate::classify::{Classify, DefaultClassifier};
-use crate::context::{Deadline, RequestContext};
+use crate::context::Deadline;
 use crate::error::BoxError;
 use crate::headers;
 
@@ -115,11 +115,7 @@ where
             headers: parts.headers,
             extensions: parts.extensions,
         };
-        let deadline = template
-            .extensions
-            .get::<Deadline>()
-            .copied()
-            .or_else(|| RequestContext::current().and_then(|c| c.deadline()));
+        let deadline = Deadline::of(&template.extensions);
         let tracker = strategy_tracker(&strategy).cloned();
         // Only percentile delays learn latency: no key to build otherwise.
         let latency_key = tracker.as_ref().map(|_| template.latency_key());

@@ -601,3 +601,24 @@ async fn hedge_wins_count_only_hedges_in_later_rounds() {
         "a round's first attempt is no hedge"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_response_future_polled_again_answers_an_error_not_a_panic() {
+    use std::future::Future;
+    use tower::Service;
+    for strategy in [
+        Strategy::single(),
+        Strategy::sequential(3, Delays::constant(ms(1))),
+    ] {
+        let backend = Backend::default();
+        let mut svc = StrategyLayer::new()
+            .strategy(strategy)
+            .layer(backend.service(vec![Answer(0, 200, &[])]));
+        std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        let mut future = Box::pin(svc.call(get()));
+        assert!((&mut future).await.is_ok());
+        let again =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+        assert!(matches!(again, std::task::Poll::Ready(Err(_))));
+    }
+}

@@ -89,7 +89,7 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::context::{Deadline, RequestContext};
+use crate::context::Deadline;
 use crate::error::BoxError;
 
 #[cfg(test)]
@@ -220,11 +220,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let deadline = req
-            .extensions()
-            .get::<Deadline>()
-            .copied()
-            .or_else(|| RequestContext::current().and_then(|c| c.deadline()));
+        let deadline = Deadline::of(req.extensions());
         let left = deadline.map(Deadline::remaining);
         let (limit, kind) = match left {
             Some(left) if left < self.timeout => (left, deadline_kind(&req)),

@@ -6,18 +6,23 @@
 //!
 //! 1. metrics of the whole call (if [`ClientBuilder::metrics`] is set);
 //! 2. deadline: explicit, inherited or default; refuses to send with under 5 ms left;
-//! 3. strategy: by method by default; retries, hedging, budget, `Retry-After`;
-//! 4. circuit breaker per destination (every attempt counts; an open breaker fails the call at
-//!    once with a typed [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) that the strategy
-//!    does not retry);
-//! 5. attempt timeout (if [`ClientBuilder::attempt_timeout`] is set): min(it, time left);
-//! 6. metrics of each attempt;
-//! 7. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
-//!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
-//! 8. transport: a bound on connections per destination ([`ClientBuilder::max_connections_per_host`],
-//!    with a pool timeout that fails with [`PoolTimeout`]), the response body read whole inside
-//!    the attempt ([`crate::read_body::ReadBodyLayer`], so a body that fails is a
-//!    failed attempt), and hyper-util's pooled client.
+//! 3. strategy: by method by default; retries, hedging, budget, `Retry-After`, and resends of
+//!    attempts that never reached the server;
+//! 4. a bound on connections per destination ([`ClientBuilder::max_connections_per_host`]), with
+//!    a pool timeout that fails with [`PoolTimeout`]: above the breaker and the attempt timeout,
+//!    so that waiting for a connection is no failure of the destination and the headers below
+//!    are written once the attempt has one;
+//! 5. circuit breaker per destination (it counts each attempt's [`Outcome`](crate::Outcome); an
+//!    open breaker fails the call at once with a typed
+//!    [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) that the strategy does not retry);
+//! 6. attempt timeout (if [`ClientBuilder::attempt_timeout`] is set): min(it, time left);
+//! 7. metrics of each attempt;
+//! 8. propagation of `X-Request-Timeout`, `X-Request-Priority`, `X-Service-Name` (to every
+//!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names), then the
+//!    [`on_attempt`](ClientBuilder::on_attempt) hook;
+//! 9. transport: the response body read whole inside the attempt
+//!    ([`crate::read_body::ReadBodyLayer`], so a body that fails is a failed attempt), and
+//!    hyper-util's pooled client.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
 //! README's `ServiceBuilder` example.
@@ -365,7 +370,9 @@ impl ClientBuilder {
 
     /// Calls `hook` on every attempt's request just before it is sent, after the propagation
     /// headers are written (aio-request's `request_enricher`): a token refreshed per attempt, a
-    /// signature over the final headers. It runs for retries and hedges alike.
+    /// signature over the final headers. It runs for retries and hedges alike, and for redirect
+    /// hops while they stay on the first request's origin: never for one that left it, so that
+    /// a token does not follow a redirect to someone else.
     pub fn on_attempt<F>(mut self, hook: F) -> Self
     where
         F: Fn(&mut http::request::Parts) + Send + Sync + 'static,
@@ -458,10 +465,8 @@ impl ClientBuilder {
         let pooled = connect(pool, http, self.http2_only, self.tls.client_config()?);
         #[cfg(not(feature = "tls"))]
         let pooled = connect(pool, http, self.http2_only);
-        let transport = ConnectionLimit::new(
-            ReadBodyLayer::new(self.max_response_body).layer(pooled),
-            ConnectionLimits::new(self.max_connections_per_host, self.pool_timeout),
-        );
+        let transport = ReadBodyLayer::new(self.max_response_body).layer(pooled);
+        let limits = ConnectionLimits::new(self.max_connections_per_host, self.pool_timeout);
 
         let breaker = self
             .breaker
@@ -476,6 +481,9 @@ impl ClientBuilder {
                     .write_header(false),
             )
             .layer(self.strategy.clone())
+            // Above the breaker and the attempt's timer: a wait for a connection is no failure of
+            // the destination, and the attempt's headers are written once it has one.
+            .layer_fn(move |inner| ConnectionLimit::new(inner, limits.clone()))
             .option_layer(breaker)
             .option_layer(self.attempt_timeout.map(AttemptTimeoutLayer::new))
             .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))
@@ -484,7 +492,10 @@ impl ClientBuilder {
                 tower::util::MapRequestLayer::new(
                     move |request: Request<ReplayBody<ClientBody>>| {
                         let (mut parts, body) = request.into_parts();
-                        (hook.0)(&mut parts);
+                        // Never on a redirect hop that left the first request's origin.
+                        if parts.extensions.get::<redirect::LeftOrigin>().is_none() {
+                            (hook.0)(&mut parts);
+                        }
                         Request::from_parts(parts, body)
                     },
                 )
@@ -620,9 +631,8 @@ impl Client {
     pub async fn send(&self, mut request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
         // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
         // and the reading of its body work to the same instant.
-        let (deadline, allowed) = effective_deadline(request.extensions(), self.default_timeout);
+        let (deadline, _) = effective_deadline(request.extensions(), self.default_timeout);
         request.extensions_mut().insert(deadline);
-        let _ = allowed;
         let max = if request.extensions().get::<NoRedirects>().is_some() {
             0
         } else {
@@ -649,7 +659,7 @@ impl Client {
 
     fn resolve(&self, url: &str) -> Result<Uri, InvalidRequest> {
         let invalid = || InvalidRequest(format!("bad URL {url:?}"));
-        if url.contains("://") {
+        if redirect::has_scheme(url) {
             let uri: Uri = url.parse().map_err(|_| invalid())?;
             return match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(_)) => Ok(uri),
@@ -664,17 +674,8 @@ impl Client {
             .base
             .as_ref()
             .ok_or_else(|| InvalidRequest(format!("relative URL {url:?} and no base URL")))?;
-        let path = if url.starts_with('/') {
-            url.to_owned()
-        } else {
-            // Relative to the base's directory, as a browser joins links.
-            let base_path = base.path();
-            let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
-            format!("{dir}{url}")
-        };
-        let mut parts = base.clone().into_parts();
-        parts.path_and_query = Some(path.parse().map_err(|_| invalid())?);
-        Uri::from_parts(parts).map_err(|_| invalid())
+        // Relative to the base as a browser resolves a link (RFC 3986 5.2).
+        redirect::resolve(base, url).ok_or_else(invalid)
     }
 }
 

@@ -10,8 +10,8 @@
 //! for any method, and no failure of the destination.
 //!
 //! The table of destinations is bounded: past [`MAX_DESTINATIONS`], destinations with no call in
-//! flight are forgotten, and if none is idle the newcomer gets a semaphore of its own that is not
-//! kept (still bounded per call, never a growing table).
+//! flight are forgotten, and if none is idle the newcomers share one overflow semaphore of the
+//! same size (a bound on all of them together, never a growing table).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -73,14 +73,18 @@ pub(crate) struct ConnectionLimits {
     max: usize,
     timeout: Duration,
     destinations: RwLock<HashMap<Box<str>, Arc<Semaphore>>>,
+    /// Shared by destinations that find the table full of busy ones.
+    overflow: Arc<Semaphore>,
 }
 
 impl ConnectionLimits {
     pub(crate) fn new(max: usize, timeout: Duration) -> Arc<Self> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(ConnectionLimits {
-            max: max.clamp(1, Semaphore::MAX_PERMITS),
+            max,
             timeout,
             destinations: RwLock::new(HashMap::new()),
+            overflow: Arc::new(Semaphore::new(max)),
         })
     }
 
@@ -101,13 +105,15 @@ impl ConnectionLimits {
             return found.clone();
         }
         if table.len() >= MAX_DESTINATIONS {
-            // Forget destinations with nothing in flight: their bound holds nobody.
-            table.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.max);
+            // Forget destinations with nothing in flight (a call waiting or holding a permit
+            // holds a reference): their bound holds nobody.
+            table.retain(|_, s| Arc::strong_count(s) > 1);
+            if table.len() >= MAX_DESTINATIONS {
+                return self.overflow.clone();
+            }
         }
         let semaphore = Arc::new(Semaphore::new(self.max));
-        if table.len() < MAX_DESTINATIONS {
-            table.insert(destination.into(), semaphore.clone());
-        }
+        table.insert(destination.into(), semaphore.clone());
         semaphore
     }
 
@@ -197,6 +203,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<R>, R> {
+        Done,
         Waiting {
             waiting: Waiting,
             call: Option<(S, R)>,
@@ -228,7 +235,9 @@ where
                     error,
                 } => {
                     let Some(permit) = ready!(waiting.as_mut().poll(cx)) else {
-                        return Poll::Ready(Err(Box::new(error.clone())));
+                        let error = Box::new(error.clone());
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error));
                     };
                     let Some((mut inner, req)) = call.take() else {
                         return Poll::Ready(Err("connection limit polled after completion".into()));
@@ -242,7 +251,11 @@ where
                 StateProj::Calling { future, permit } => {
                     let result = ready!(future.poll(cx));
                     permit.take();
+                    this.state.set(State::Done);
                     return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err("connection limit polled after completion".into()));
                 }
             }
         }

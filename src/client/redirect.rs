@@ -3,18 +3,31 @@
 //!
 //! Each hop is a call of its own through the whole stack, within the first call's deadline: the
 //! breaker and the metrics see the destination the hop goes to, and the propagation headers go
-//! only where [`propagate_only_to_hosts`](super::ClientBuilder::propagate_only_to_hosts) allows,
-//! so a redirect to a third party learns nothing of this service. As browsers, aiohttp and
-//! tower-http's `FollowRedirect` do: `303` becomes a `GET` without a body, so do `301` and `302`
-//! after a `POST`; `307` and `308` repeat the method and the body; credentials (`Authorization`,
-//! `Cookie`, `Proxy-Authorization`) are dropped when the hop leaves the origin.
+//! only where [`propagate_only_to_hosts`](super::ClientBuilder::propagate_only_to_hosts) allows
+//! (by default everywhere: set it, and a redirect to a third party learns nothing of this
+//! service). As browsers, aiohttp and tower-http's `FollowRedirect` do: `303` becomes a `GET`
+//! without a body, so do `301` and `302` after a `POST`; `307` and `308` repeat the method and
+//! the body. Once a hop leaves the first request's origin, credentials (`Authorization`,
+//! `Cookie`, `Proxy-Authorization`) and `Host` are dropped and the
+//! [`on_attempt`](super::ClientBuilder::on_attempt) hook no longer runs, so that it cannot put a
+//! token back on a request to someone else. A redirect from `https` to `http` is not followed:
+//! the caller gets the redirect itself, rather than its body and headers going out in
+//! cleartext.
 
 use std::fmt;
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION};
+use http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION,
+    CONTENT_TYPE, COOKIE, HOST, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
+};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 
 use super::ClientBody;
+
+/// In a hop's extensions once the redirects have left the first request's origin: the
+/// `on_attempt` hook does not run for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeftOrigin;
 
 /// aio-request's `MAX_REDIRECTS`.
 pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
@@ -89,6 +102,14 @@ impl Resend {
             // A redirect with no usable Location: the caller gets it as it is.
             return Ok(None);
         };
+        if self.uri.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+            tracing::debug!(to = %next, "not following a redirect from https to cleartext");
+            return Ok(None);
+        }
+        if next.scheme_str() == Some("https") && !cfg!(feature = "tls") {
+            tracing::debug!(to = %next, "not following a redirect to https without the tls feature");
+            return Ok(None);
+        }
         if hops >= max {
             return Err(TooManyRedirects {
                 max,
@@ -100,17 +121,28 @@ impl Resend {
                 self.method = Method::GET;
             }
             self.body = ClientBody::default();
-            self.headers.remove(CONTENT_LENGTH);
-            self.headers.remove(CONTENT_TYPE);
+            // RFC 9110 15.4: the content went with the method.
+            for name in [
+                CONTENT_LENGTH,
+                CONTENT_TYPE,
+                CONTENT_ENCODING,
+                CONTENT_LANGUAGE,
+                CONTENT_LOCATION,
+                TRANSFER_ENCODING,
+            ] {
+                self.headers.remove(name);
+            }
         }
         if next.path() != self.uri.path() {
             // The template named the first path; the metrics of a hop elsewhere normalise its own.
             self.extensions.remove::<crate::context::RouteTemplate>();
         }
         if !same_origin(&self.uri, &next) {
-            for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION] {
+            for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, HOST] {
                 self.headers.remove(name);
             }
+            // Sticky: a hop that comes back to the first origin has passed through another.
+            self.extensions.insert(LeftOrigin);
         }
         self.uri = next;
         let mut request = Request::new(self.body.clone());
@@ -135,30 +167,78 @@ fn same_origin(a: &Uri, b: &Uri) -> bool {
     a.scheme() == b.scheme() && a.authority() == b.authority()
 }
 
-/// `location` resolved against `base` (RFC 3986 section 5, the forms servers send): absolute,
-/// scheme-relative (`//host/x`), absolute-path (`/x`) or path-relative (`x`). Only `http` and
-/// `https` targets are followed.
-fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+/// Whether `reference` starts with a URI scheme (RFC 3986 3.1: a letter, then letters, digits,
+/// `+`, `-` or `.`, then `:`), so that `/login?next=http://x` is not taken for an absolute URL.
+pub(super) fn has_scheme(reference: &str) -> bool {
+    let Some((scheme, _)) = reference.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// `reference` resolved against `base` (RFC 3986 5.2: absolute, scheme-relative `//host/x`,
+/// absolute-path `/x`, query-only `?q`, or path-relative `x` and `../x`, dot segments removed,
+/// the fragment dropped). Only `http` and `https` results are given.
+pub(super) fn resolve(base: &Uri, reference: &str) -> Option<Uri> {
+    let reference = reference.split('#').next().unwrap_or_default();
     let scheme = base.scheme_str().unwrap_or("http");
-    let uri: Uri = if location.contains("://") {
-        location.parse().ok()?
-    } else if let Some(rest) = location.strip_prefix("//") {
+    let uri: Uri = if has_scheme(reference) {
+        reference.parse().ok()?
+    } else if let Some(rest) = reference.strip_prefix("//") {
         format!("{scheme}://{rest}").parse().ok()?
     } else {
         let authority = base.authority()?;
-        let path = if location.starts_with('/') {
-            location.to_owned()
+        let (path, query) = match reference.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (reference, None),
+        };
+        let path = if path.is_empty() {
+            // `?q`, or nothing at all: the base's own path.
+            base.path().to_owned()
+        } else if path.starts_with('/') {
+            remove_dot_segments(path)
         } else {
             let base_path = base.path();
             let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
-            format!("{dir}{location}")
+            remove_dot_segments(&format!("{dir}{path}"))
         };
-        format!("{scheme}://{authority}{path}").parse().ok()?
+        // An empty reference keeps the base's query too (RFC 3986 5.2.2).
+        let query = query.or_else(|| reference.is_empty().then(|| base.query()).flatten());
+        match query {
+            Some(query) => format!("{scheme}://{authority}{path}?{query}"),
+            None => format!("{scheme}://{authority}{path}"),
+        }
+        .parse()
+        .ok()?
     };
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Some(uri),
         _ => None,
     }
+}
+
+/// RFC 3986 5.2.4 on an absolute path: `.` segments go, `..` takes the one before it away.
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                // A path that ends in a dot segment names a directory.
+                if last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]
@@ -173,6 +253,15 @@ mod tests {
             ("//c:9/y", "http://c:9/y"),
             ("/root", "http://a:8080/root"),
             ("other?q=2", "http://a:8080/api/v1/other?q=2"),
+            ("?page=2", "http://a:8080/api/v1/items?page=2"),
+            ("../v2/items", "http://a:8080/api/v2/items"),
+            ("./x/../y", "http://a:8080/api/v1/y"),
+            (
+                "/login?next=http://x/y",
+                "http://a:8080/login?next=http://x/y",
+            ),
+            ("/a#fragment", "http://a:8080/a"),
+            ("HTTPS://Secure:1/z", "https://Secure:1/z"),
         ] {
             assert_eq!(
                 resolve(&base, location).unwrap().to_string(),
@@ -215,6 +304,19 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_from_https_to_cleartext_is_not_followed() {
+        let request = Request::get("https://a/x")
+            .body(ClientBody::default())
+            .unwrap();
+        let mut resend = Resend::of(&request);
+        let cleartext = http::HeaderValue::from_static("http://a/x");
+        assert!(resend
+            .follow(StatusCode::FOUND, Some(&cleartext), 0, 10)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn credentials_do_not_follow_to_another_origin_and_the_count_is_bounded() {
         let elsewhere = http::HeaderValue::from_static("http://third-party/x");
         let mut resend = Resend::of(&post());
@@ -223,6 +325,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(next.headers().get(AUTHORIZATION).is_none());
+        assert!(next.extensions().get::<LeftOrigin>().is_some());
         let err = resend
             .follow(StatusCode::FOUND, Some(&elsewhere), 10, 10)
             .unwrap_err();
