@@ -1,0 +1,279 @@
+//! The `Client` preset over TLS as services inside a company use it (issue 20): a CA made here
+//! with rcgen (nothing checked in that could expire), a rustls server on loopback, and the
+//! client trusting the private CA, refusing a wrong CA, an expired certificate and a name that
+//! does not match, presenting a client certificate for mutual TLS, and choosing HTTP/2 by ALPN;
+//! retries and propagation behave over TLS as over cleartext.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{extract::Request, routing::get, Router};
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tower_lifeline::classify::outcome_of_error;
+use tower_lifeline::client::rustls;
+use tower_lifeline::client::Client;
+use tower_lifeline::error::find_source;
+use tower_lifeline::outcome::Outcome;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Ca { issuer }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `names` and its key, PEM; `expired` puts its validity in the past.
+    fn issue(&self, names: &[&str], expired: bool) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        (certificate.pem(), key.serialize_pem())
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server on 127.0.0.1 with `certificate`; with `client_ca`, it demands a client
+/// certificate of that CA. Answers `/` with the HTTP version, `/flaky` with 503 once and then
+/// the `X-Request-Timeout` it was sent.
+async fn tls_server(certificate: (String, String), client_ca: Option<&Ca>) -> SocketAddr {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate.0.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(certificate.1.as_bytes()).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.issuer.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/",
+            get(|req: Request| async move { format!("{:?}", req.version()) }),
+        )
+        .route(
+            "/flaky",
+            get(move |req: Request| {
+                let n = flaky.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        return Err(StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                    let timeout = req.headers()["x-request-timeout"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    Ok(timeout)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                // A refused handshake is the point of some tests: nothing to serve then.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn trusting(ca: &Ca) -> tower_lifeline::client::ClientBuilder {
+    Client::builder()
+        .tls_webpki_roots(false)
+        .tls_root_certificates_pem(ca.pem())
+}
+
+/// The rustls error inside a failed call, or the test fails.
+fn tls_error(err: &tower_lifeline::BoxError) -> &rustls::Error {
+    find_source::<rustls::Error>(err.as_ref()).unwrap_or_else(|| panic!("no TLS error in {err:?}"))
+}
+
+#[tokio::test]
+async fn https_to_a_private_ca_negotiates_http2_by_alpn() {
+    let ca = Ca::new("private ca");
+    let addr = tls_server(ca.issue(&["localhost", "127.0.0.1"], false), None).await;
+    let client = trusting(&ca).build().unwrap();
+    let response = client
+        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn a_server_of_another_ca_is_refused_and_the_request_never_left() {
+    let ca = Ca::new("private ca");
+    let other = Ca::new("someone else");
+    let addr = tls_server(other.issue(&["127.0.0.1"], false), None).await;
+    let client = trusting(&ca).build().unwrap();
+    let err = client
+        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(outcome_of_error(err.as_ref()), Outcome::NotSent, "{err:?}");
+    assert!(
+        matches!(
+            tls_error(&err),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let ca = Ca::new("private ca");
+    let addr = tls_server(ca.issue(&["127.0.0.1"], true), None).await;
+    let err = trusting(&ca)
+        .build()
+        .unwrap()
+        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            tls_error(&err),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. }
+            )
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let ca = Ca::new("private ca");
+    let addr = tls_server(ca.issue(&["inventory.internal"], false), None).await;
+    let err = trusting(&ca)
+        .build()
+        .unwrap()
+        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            tls_error(&err),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. }
+            )
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_is_accepted_with_a_client_certificate_and_refused_without() {
+    let ca = Ca::new("private ca");
+    let addr = tls_server(ca.issue(&["127.0.0.1"], false), Some(&ca)).await;
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let (chain, key) = ca.issue(&["checkout"], false);
+    let with_identity = trusting(&ca)
+        .tls_client_identity_pem(chain, key)
+        .build()
+        .unwrap();
+    let response = with_identity.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let without = trusting(&ca).build().unwrap();
+    let err = without.get(&url).send().await.unwrap_err();
+    // TLS 1.3 reports the server's refusal after the handshake: an alert, not a certificate
+    // error of ours; either way the call fails with the cause in its chain.
+    let chain = format!("{err:?}");
+    assert!(
+        chain.contains("CertificateRequired") || chain.contains("HandshakeFailure"),
+        "{chain}"
+    );
+}
+
+#[tokio::test]
+async fn retries_and_propagation_behave_over_tls_as_over_cleartext() {
+    let ca = Ca::new("private ca");
+    let addr = tls_server(ca.issue(&["127.0.0.1"], false), None).await;
+    let client = trusting(&ca).build().unwrap();
+    let response = client
+        .get(&format!("https://127.0.0.1:{}/flaky", addr.port()))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.attempts(), 2);
+    let sent: f64 = response.text().await.unwrap().parse().unwrap();
+    assert!(sent > 2.0 && sent <= 3.0, "{sent}");
+}
+
+#[test]
+fn bad_tls_settings_are_refused_when_the_client_is_built() {
+    use tower_lifeline::client::ClientBuildError;
+    for builder in [
+        Client::builder().tls_root_certificates_pem("not a certificate"),
+        Client::builder().tls_webpki_roots(false),
+        Client::builder().tls_client_identity_pem("no chain", "no key"),
+    ] {
+        let err = builder.build().unwrap_err();
+        assert!(matches!(err, ClientBuildError::InvalidTls(_)), "{err}");
+    }
+}
