@@ -277,3 +277,80 @@ fn bad_tls_settings_are_refused_when_the_client_is_built() {
         assert!(matches!(err, ClientBuildError::InvalidTls(_)), "{err}");
     }
 }
+
+/// An HTTPS server in Python's standard library (`ssl`, `http.server`) that demands a client
+/// certificate of `ca` and answers with the subject alternative names it verified.
+const PYTHON_MTLS_SERVER: &str = r#"
+import http.server, ssl, sys, threading
+ca, cert, key = sys.argv[1:4]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.connection.getpeercert()
+        body = repr(peer.get("subjectAltName")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+context.load_verify_locations(ca)
+context.verify_mode = ssl.CERT_REQUIRED
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+# Bounded: the server stops by itself even if the test never closes it.
+threading.Timer(30, server.shutdown).start()
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn interoperates_with_pythons_ssl_over_mutual_tls() {
+    use tokio::io::AsyncBufReadExt;
+    let ca = Ca::new("private ca");
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1"], false);
+    let dir = std::env::temp_dir().join(format!("lifeline-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let cert_file = write("server.pem", &server_cert);
+    let key_file = write("server.key", &server_key);
+    let mut python = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(PYTHON_MTLS_SERVER)
+        .args([&ca_file, &cert_file, &key_file])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is on every machine of this kind");
+    let mut lines = tokio::io::BufReader::new(python.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("python's server starts")
+        .unwrap()
+        .expect("it prints its port")
+        .parse()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/");
+
+    let (chain, key) = ca.issue(&["checkout"], false);
+    let client = trusting(&ca)
+        .tls_client_identity_pem(chain, key)
+        .build()
+        .unwrap();
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Python verified our certificate and saw our name in it.
+    assert_eq!(response.text().await.unwrap(), "(('DNS', 'checkout'),)");
+
+    // Without a certificate Python's server refuses the handshake.
+    let err = trusting(&ca).build().unwrap().get(&url).send().await;
+    assert!(err.is_err(), "{err:?}");
+    python.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
