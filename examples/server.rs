@@ -132,6 +132,9 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         Drained::GraceExpired { in_flight } => {
             println!("grace period over with {in_flight} requests unfinished")
         }
+        Drained::Forced { in_flight } => {
+            println!("second signal: exiting with {in_flight} requests unfinished")
+        }
     }
     Ok(())
 }

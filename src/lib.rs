@@ -12,7 +12,8 @@
 //!   retry budget, never sending a non-idempotent request twice;
 //! - **load shedding** ([`load_shed`]) by priority and remaining deadline;
 //! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
-//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout;
+//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout; and a bound on
+//!   how long a request body may take to arrive ([`body_timeout`]);
 //! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
 //!   destination is refused at once, until one probe shows it has recovered;
 //! - **Prometheus metrics** ([`metrics`]) for servers and clients, with aio-request's names as a
@@ -64,6 +65,7 @@ pub mod classify;
 pub mod context;
 pub mod error;
 pub mod headers;
+pub mod upload;
 
 mod builder;
 #[cfg(any(feature = "metrics", feature = "strategy", feature = "circuit-breaker"))]
@@ -109,6 +111,10 @@ pub mod shutdown;
 #[cfg(feature = "health")]
 #[path = "../layers/health/mod.rs"]
 pub mod health;
+
+#[cfg(feature = "body-timeout")]
+#[path = "../layers/body_timeout/mod.rs"]
+pub mod body_timeout;
 
 #[cfg(feature = "timeout")]
 #[path = "../layers/timeout/mod.rs"]

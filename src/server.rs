@@ -7,8 +7,9 @@
 //! 2. server metrics (latency until the body ends, in flight), on the application's routes;
 //! 3. the deadline layer (read, clamp, refuse what cannot finish);
 //! 4. the priority layer;
-//! 5. load shedding by priority and remaining deadline;
-//! 6. the application's handlers;
+//! 5. the request body timeout (a body must arrive within 30 s and by the deadline);
+//! 6. load shedding by priority and remaining deadline;
+//! 7. the application's handlers;
 //!
 //! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
 //! still answer its probes and its scrapes.
@@ -28,11 +29,13 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use axum::Router;
 use prometheus::Registry;
 use tower::ServiceBuilder;
 
+use crate::body_timeout::{RequestBodyTimeoutLayer, DEFAULT_BODY_TIMEOUT};
 use crate::context::Priority;
 use crate::deadline::ServerDeadlineLayer;
 use crate::health::Health;
@@ -40,6 +43,15 @@ use crate::load_shed::{LoadShedLayer, LoadShedStats};
 use crate::metrics::{self, MetricsConfig, ServerMetrics};
 use crate::priority::ServerPriorityLayer;
 use crate::shutdown::{Drained, Shutdown};
+
+mod connections;
+
+use connections::ConnectionSettings;
+pub use connections::{
+    default_max_connections, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
+    FALLBACK_MAX_CONNECTIONS,
+};
 
 /// Configures a [`Server`]. See the [module docs](self).
 pub struct ServerBuilder {
@@ -50,6 +62,8 @@ pub struct ServerBuilder {
     metrics: MetricsConfig,
     shutdown: Shutdown,
     health: Health,
+    connections: ConnectionSettings,
+    body_timeout: Duration,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -58,6 +72,8 @@ impl fmt::Debug for ServerBuilder {
             .field("deadline", &self.deadline)
             .field("priority", &self.priority)
             .field("capacity", &self.capacity)
+            .field("connections", &self.connections)
+            .field("body_timeout", &self.body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +88,8 @@ impl Default for ServerBuilder {
             metrics: MetricsConfig::default(),
             shutdown: Shutdown::new(),
             health: Health::new(),
+            connections: ConnectionSettings::default(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -121,6 +139,58 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a request body may take to arrive, counted from the request's arrival and cut
+    /// by its deadline (default 30 s). See [`body_timeout`](crate::body_timeout).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// How long a caller may take to send a whole request head (default 10 s). HTTP/1
+    /// connections waiting for their next request are closed after it too (hyper starts it when
+    /// it starts waiting for a head), and so is a connection that has sent no whole request by
+    /// then, whatever its protocol.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.header_read_timeout = timeout;
+        self
+    }
+
+    /// A connection with no request in flight for this long is closed (default 60 s; checked
+    /// at that interval, so closed within twice it). Mostly for HTTP/2, whose idle connections
+    /// the header-read timeout does not close.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.idle_timeout = timeout;
+        self
+    }
+
+    /// The interval of HTTP/2 keep-alive pings; a ping not acknowledged within the same interval
+    /// closes the connection (default 20 s; `None`: no pings).
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.connections.http2_keep_alive_interval = interval;
+        self
+    }
+
+    /// Concurrent HTTP/2 streams one connection may open (default 100).
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.connections.http2_max_concurrent_streams = max;
+        self
+    }
+
+    /// The largest request head (HTTP/1; at least 8 KiB, hyper's minimum) or header list
+    /// (HTTP/2) in bytes (default 32 KiB). A larger one gets `431` and the connection closes.
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.connections.max_header_bytes = max;
+        self
+    }
+
+    /// Connections open at once (default: seven eighths of the process's file-descriptor limit,
+    /// see [`default_max_connections`]). At the cap a new connection closes the oldest idle
+    /// one, or is closed at once if every connection looked at is busy.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.connections.max_connections = max.max(1);
+        self
+    }
+
     /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails if the
     /// metrics are already registered in the registry.
     ///
@@ -137,6 +207,7 @@ impl ServerBuilder {
             .layer(server_metrics.layer())
             .layer(self.deadline)
             .layer(self.priority)
+            .layer(RequestBodyTimeoutLayer::new(self.body_timeout))
             .layer(shed.clone());
         let router = app
             .layer(stack)
@@ -148,6 +219,7 @@ impl ServerBuilder {
             shutdown: self.shutdown,
             shed,
             registry,
+            connections: self.connections,
         })
     }
 }
@@ -159,6 +231,7 @@ pub struct Server {
     shutdown: Shutdown,
     shed: LoadShedLayer,
     registry: Registry,
+    connections: ConnectionSettings,
 }
 
 impl fmt::Debug for Server {
@@ -193,9 +266,10 @@ impl Server {
         &self.registry
     }
 
-    /// Serves on `listener` until the shutdown handle fires, then drains within the grace period.
+    /// Serves on `listener` until the shutdown handle fires, then drains within the grace period
+    /// (or until the drain is forced), with the connection limits of the builder.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<Drained> {
-        crate::shutdown::serve(listener, self.router, self.shutdown).await
+        connections::serve(listener, self.router, self.connections, self.shutdown).await
     }
 }
 

@@ -31,8 +31,15 @@
 //! route separately) still limits the whole server.
 //!
 //! A request counts as in flight until its response body ends or is dropped, so a streaming
-//! response holds its slot while it streams; the route's service time is measured to the
-//! response head.
+//! response holds its slot while it streams, or until its deadline passes, whichever comes first:
+//! a handler still running past its caller's deadline (with the deadline layer's
+//! `cancel_on_expiry` off) keeps running, but gives its slot back, so callers that stall (a body
+//! that never finishes) cannot hold the server's capacity past their deadline.
+//!
+//! The route's service time is what the server controls: measured to the response head, from
+//! the end of the request body when a [`RequestBodyTimeoutLayer`](crate::body_timeout) outside
+//! marked it (an upload's pace is the caller's), and only for requests that succeeded: one that
+//! was dropped, failed (5xx, 408, an error) or whose body failed is no sample.
 //!
 //! # Example
 //!
@@ -78,12 +85,13 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::context::{Priority, RequestContext};
 use crate::headers;
+use crate::upload::{Upload, UploadProgress};
 
 #[cfg(test)]
 mod tests;
@@ -138,6 +146,7 @@ struct Counters {
     admitted: AtomicU64,
     shed_overload: [AtomicU64; 3],
     refused_deadline: AtomicU64,
+    released_at_deadline: AtomicU64,
 }
 
 /// One in this many requests refused for their deadline is admitted anyway, so that a route's
@@ -327,6 +336,8 @@ pub struct LoadShedStats {
     /// Requests refused because their remaining deadline was shorter than the route's typical
     /// service time.
     pub refused_deadline: u64,
+    /// Admitted requests that gave their slot back at their deadline, still unanswered.
+    pub released_at_deadline: u64,
 }
 
 impl LoadShedStats {
@@ -349,6 +360,7 @@ impl Shared {
             admitted: c.admitted.load(Ordering::Relaxed),
             shed_overload: [0, 1, 2].map(|i| c.shed_overload[i].load(Ordering::Relaxed)),
             refused_deadline: c.refused_deadline.load(Ordering::Relaxed),
+            released_at_deadline: c.released_at_deadline.load(Ordering::Relaxed),
         }
     }
 
@@ -507,12 +519,18 @@ where
             return LoadShedFuture::refused(Refusal::Overload(shared.retry_after.clone()));
         };
         shared.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        let upload = req.extensions().get::<UploadProgress>().cloned();
+        let expiry = ctx
+            .deadline()
+            .map(|d| tokio::time::sleep_until(d.instant()));
         LoadShedFuture {
             state: State::Admitted {
                 inner: self.inner.call(req),
                 slot: Some(slot),
                 route,
                 started: now,
+                upload,
+                expiry,
             },
         }
     }
@@ -559,6 +577,9 @@ pin_project! {
             slot: Option<Slot>,
             route: Option<Arc<RouteEstimate>>,
             started: Instant,
+            upload: Option<UploadProgress>,
+            #[pin]
+            expiry: Option<Sleep>,
         },
     }
 }
@@ -600,11 +621,31 @@ where
                 slot,
                 route,
                 started,
+                upload,
+                mut expiry,
             } => {
-                let result = ready!(inner.poll(cx));
-                // The service time is to the response head: what the handler itself took.
+                let result = match inner.poll(cx) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        if let Some(sleep) = expiry.as_mut().as_pin_mut() {
+                            if sleep.poll(cx).is_ready() {
+                                expiry.set(None);
+                                if let Some(slot) = slot.take() {
+                                    slot.shared
+                                        .counters
+                                        .released_at_deadline
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!("deadline passed: giving the slot back");
+                                }
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
                 if let Some(route) = route.take() {
-                    route.record(started.elapsed());
+                    if let Some(sample) = service_time(&result, *started, upload.take()) {
+                        route.record(sample);
+                    }
                 }
                 // The slot moves into the body: a streaming response counts until it ends.
                 let slot = slot.take();
@@ -617,6 +658,26 @@ where
             }
         }
     }
+}
+
+/// What the server itself took for a request, or `None` when the request says nothing about it:
+/// a failure (an error, 5xx, 408), or a body that failed or is still arriving. The time is to the
+/// response head, from the end of the upload when there was one.
+fn service_time<B, E>(
+    result: &Result<Response<B>, E>,
+    started: Instant,
+    upload: Option<UploadProgress>,
+) -> Option<Duration> {
+    let status = result.as_ref().ok()?.status();
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return None;
+    }
+    let from = match upload.map(|u| u.state()) {
+        None => started,
+        Some(Upload::Finished(at)) => at.max(started),
+        Some(Upload::Receiving | Upload::Failed) => return None,
+    };
+    Some(Instant::now().saturating_duration_since(from))
 }
 
 pin_project! {
