@@ -12,7 +12,13 @@
 //! 7. the application's handlers;
 //!
 //! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
-//! still answer its probes and its scrapes.
+//! still answer its probes and its scrapes. With [`ServerBuilder::metrics_listener`], `/metrics`
+//! moves to a listener of its own (the usual Kubernetes metrics port), with a small connection
+//! cap of its own, so that scrapers and callers never compete.
+//!
+//! [`Server::serve`] serves the connections as the `connections` module's docs say: hyper-util's
+//! server with a timer, a header-read timeout, an idle timeout, HTTP/2 keep-alive pings and a
+//! stream bound, a maximum header size and a connection cap, each a builder setting.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -64,6 +70,7 @@ pub struct ServerBuilder {
     health: Health,
     connections: ConnectionSettings,
     body_timeout: Duration,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -90,6 +97,7 @@ impl Default for ServerBuilder {
             health: Health::new(),
             connections: ConnectionSettings::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            metrics_listener: None,
         }
     }
 }
@@ -136,6 +144,14 @@ impl ServerBuilder {
     /// Readiness checks for `/readyz` (draining is always one).
     pub fn health(mut self, health: Health) -> Self {
         self.health = health;
+        self
+    }
+
+    /// Serve `/metrics` on this listener (the usual Kubernetes metrics port) instead of beside
+    /// the application's routes, with at most [`METRICS_MAX_CONNECTIONS`] connections of its own.
+    /// It stops when the drain starts.
+    pub fn metrics_listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
         self
     }
 
@@ -209,9 +225,16 @@ impl ServerBuilder {
             .layer(self.priority)
             .layer(RequestBodyTimeoutLayer::new(self.body_timeout))
             .layer(shed.clone());
-        let router = app
-            .layer(stack)
-            .route("/metrics", metrics::route(registry.clone()))
+        let mut router = app.layer(stack);
+        let metrics_routes = Router::new().route("/metrics", metrics::route(registry.clone()));
+        let metrics_server = match self.metrics_listener {
+            Some(listener) => Some((listener, metrics_routes)),
+            None => {
+                router = router.merge(metrics_routes);
+                None
+            }
+        };
+        let router = router
             .merge(self.health.shutdown(&self.shutdown).router())
             .layer(self.shutdown.layer());
         Ok(Server {
@@ -220,6 +243,7 @@ impl ServerBuilder {
             shed,
             registry,
             connections: self.connections,
+            metrics_server,
         })
     }
 }
@@ -232,7 +256,11 @@ pub struct Server {
     shed: LoadShedLayer,
     registry: Registry,
     connections: ConnectionSettings,
+    metrics_server: Option<(tokio::net::TcpListener, Router)>,
 }
+
+/// Connections the separate metrics listener takes at once: scrapers are few.
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -269,6 +297,20 @@ impl Server {
     /// Serves on `listener` until the shutdown handle fires, then drains within the grace period
     /// (or until the drain is forced), with the connection limits of the builder.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<Drained> {
+        if let Some((metrics_listener, metrics_router)) = self.metrics_server {
+            let settings = ConnectionSettings {
+                max_connections: METRICS_MAX_CONNECTIONS,
+                ..self.connections
+            };
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let served =
+                    connections::serve(metrics_listener, metrics_router, settings, shutdown).await;
+                if let Err(error) = served {
+                    tracing::warn!(%error, "the metrics listener failed");
+                }
+            });
+        }
         connections::serve(listener, self.router, self.connections, self.shutdown).await
     }
 }

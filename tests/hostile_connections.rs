@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{Request, StatusCode};
@@ -25,6 +26,12 @@ fn app() -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/status/{code}",
+            get(|Path(code): Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+            }),
+        )
         .route(
             "/forever",
             get(|| async {
@@ -456,4 +463,36 @@ async fn an_idle_h2c_connection_is_closed_after_the_idle_timeout() {
     // Idle from here: closed between one and two idle timeouts, plus the close's linger.
     let ended = timeout(Duration::from_secs(4), connection).await;
     assert!(ended.is_ok(), "the idle connection is still open");
+}
+
+/// Reads `/metrics` from `addr` over a raw HTTP/1.1 connection.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn metrics_on_a_listener_of_their_own_and_the_status_recorded_is_the_one_sent() {
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let running = start(builder().metrics_listener(metrics)).await;
+    // A handler answering 100 as its final status: hyper sends 500 instead.
+    assert_eq!(get_status(running.addr, "/status/100", "").await, Some(500));
+    assert_eq!(get_status(running.addr, "/metrics", "").await, Some(404));
+    let text = scrape(metrics_addr).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(r#"route="/status/{code}",status="500"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"status="100""#), "{text}");
 }
