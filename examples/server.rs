@@ -35,7 +35,8 @@ USAGE: cargo run --example server -- [--addr ADDR] [--bare] [--capacity N] [--dr
 OPTIONS:
     --addr ADDR      where to listen (default 127.0.0.1:8080)
     --bare           no tower-lifeline layer at all (the overhead baseline)
-    --capacity N     requests handled at once before shedding (default 1024)
+    --capacity N     a fixed number of requests handled at once before shedding
+                     (default: none, an adaptive limit found from latency)
     --drain-delay MS after SIGTERM, keep accepting (with /readyz failing) this long, so that
                      load balancers move traffic away before the listener closes (default 0)
     --metrics-addr ADDR  serve /metrics on this address instead of beside the routes
@@ -90,7 +91,7 @@ fn app() -> Router {
 async fn main() -> Result<(), tower_lifeline::BoxError> {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut bare = false;
-    let mut capacity = 1024;
+    let mut capacity = None;
     let mut drain_delay = Duration::ZERO;
     let mut metrics_addr = None;
     let mut settings: Vec<(String, u64)> = Vec::new();
@@ -104,10 +105,11 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
             "--addr" => addr = args.next().ok_or("--addr needs an address")?,
             "--bare" => bare = true,
             "--capacity" => {
-                capacity = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--capacity needs a number")?;
+                capacity = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--capacity needs a number")?,
+                );
             }
             "--drain-delay" => {
                 drain_delay = args
@@ -149,7 +151,6 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     }
 
     let mut builder = Server::builder()
-        .capacity(capacity)
         .registry(Registry::new())
         .shutdown(Shutdown::new().drain_delay(drain_delay));
     for (flag, value) in settings {
@@ -162,6 +163,9 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
             "--max-header-bytes" => builder.max_header_bytes(value as usize),
             _ => builder.http2_max_concurrent_streams(u32::try_from(value).unwrap_or(u32::MAX)),
         };
+    }
+    if let Some(capacity) = capacity {
+        builder = builder.capacity(capacity);
     }
     if let Some(metrics_addr) = &metrics_addr {
         let listener = tokio::net::TcpListener::bind(metrics_addr).await?;

@@ -8,7 +8,8 @@
 //! 3. the deadline layer (read, clamp, refuse what cannot finish);
 //! 4. the priority layer;
 //! 5. the request body timeout (a body must arrive within 30 s and by the deadline);
-//! 6. load shedding by priority and remaining deadline;
+//! 6. load shedding by priority and remaining deadline, under an adaptive concurrency limit
+//!    unless a fixed [`capacity`](ServerBuilder::capacity) is set;
 //! 7. the application's handlers;
 //!
 //! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
@@ -26,7 +27,7 @@
 //!
 //! # async fn run() -> Result<(), tower_lifeline::BoxError> {
 //! let app = Router::new().route("/hello", get(|| async { "hello" }));
-//! let server = Server::builder().capacity(512).build(app)?;
+//! let server = Server::builder().build(app)?; // no capacity to guess: the limit adapts
 //! server.shutdown().listen_for_signals(); // SIGTERM and Ctrl-C drain gracefully
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! server.serve(listener).await?;
@@ -45,7 +46,7 @@ use crate::body_timeout::{RequestBodyTimeoutLayer, DEFAULT_BODY_TIMEOUT};
 use crate::context::Priority;
 use crate::deadline::ServerDeadlineLayer;
 use crate::health::Health;
-use crate::load_shed::{LoadShedLayer, LoadShedStats};
+use crate::load_shed::{AdaptiveLimit, LoadShedLayer, LoadShedStats};
 use crate::metrics::{self, MetricsConfig, ServerMetrics};
 use crate::priority::ServerPriorityLayer;
 use crate::shutdown::{Drained, Shutdown};
@@ -63,7 +64,8 @@ pub use connections::{
 pub struct ServerBuilder {
     deadline: ServerDeadlineLayer,
     priority: ServerPriorityLayer,
-    capacity: usize,
+    capacity: Option<usize>,
+    adaptive: AdaptiveLimit,
     registry: Option<Registry>,
     metrics: MetricsConfig,
     shutdown: Shutdown,
@@ -90,7 +92,8 @@ impl Default for ServerBuilder {
         ServerBuilder {
             deadline: ServerDeadlineLayer::new(),
             priority: ServerPriorityLayer::new(),
-            capacity: 1_024,
+            capacity: None,
+            adaptive: AdaptiveLimit::new(),
             registry: None,
             metrics: MetricsConfig::default(),
             shutdown: Shutdown::new(),
@@ -115,9 +118,17 @@ impl ServerBuilder {
         self
     }
 
-    /// Requests handled at once before shedding starts (default 1,024).
+    /// A fixed number of requests handled at once before shedding starts, in place of the
+    /// adaptive limit (the default, which finds the number from the requests' latency).
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The adaptive limit's settings (see [`AdaptiveLimit`]; the defaults need no tuning).
+    /// Ignored when a fixed [`capacity`](Self::capacity) is set.
+    pub fn adaptive_limit(mut self, settings: AdaptiveLimit) -> Self {
+        self.adaptive = settings;
         self
     }
 
@@ -217,7 +228,10 @@ impl ServerBuilder {
             .registry
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let server_metrics = ServerMetrics::register(&registry, self.metrics)?;
-        let shed = LoadShedLayer::new(self.capacity);
+        let shed = match self.capacity {
+            Some(capacity) => LoadShedLayer::new(capacity),
+            None => LoadShedLayer::adaptive_with(self.adaptive),
+        };
         metrics::register_load_shed(&registry, shed.clone())?;
         let stack = ServiceBuilder::new()
             .layer(server_metrics.layer())
