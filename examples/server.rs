@@ -4,6 +4,7 @@
 //! cargo run --example server -- --addr 127.0.0.1:8080 [--bare] [--capacity N] [--drain-delay MS]
 //!     [--metrics-addr ADDR] [--max-connections N] [--header-read-timeout MS] [--idle-timeout MS]
 //!     [--body-timeout MS] [--max-header-bytes N] [--http2-max-streams N]
+//!     [--trust-priority-from CIDR,...]
 //! ```
 //!
 //! Routes: `GET /hello`, `GET /slow?ms=N`, `GET /status/{code}`, `GET /context` (the request
@@ -21,6 +22,7 @@ use axum::{Json, Router};
 use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::json;
+use tower_lifeline::priority::Network;
 use tower_lifeline::server::Server;
 use tower_lifeline::shutdown::{Drained, Shutdown};
 use tower_lifeline::RequestContext;
@@ -31,6 +33,7 @@ server: the full tower-lifeline server stack on a real port
 USAGE: cargo run --example server -- [--addr ADDR] [--bare] [--capacity N] [--drain-delay MS]
            [--metrics-addr ADDR] [--max-connections N] [--header-read-timeout MS]
            [--idle-timeout MS] [--body-timeout MS] [--max-header-bytes N] [--http2-max-streams N]
+           [--trust-priority-from CIDR,...]
 
 OPTIONS:
     --addr ADDR      where to listen (default 127.0.0.1:8080)
@@ -46,6 +49,8 @@ OPTIONS:
     --body-timeout MS    a request body must arrive within this (default 30000)
     --max-header-bytes N largest request head (default 32768)
     --http2-max-streams N  concurrent HTTP/2 streams per connection (default 100)
+    --trust-priority-from CIDR,...  believe X-Request-Priority only from these networks;
+                     Normal for every other peer (default: believe everyone)
     -h, --help       print this help
 
 ROUTES: GET /hello, GET /slow?ms=N, GET /status/{code}, GET /context, POST /echo,
@@ -94,6 +99,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     let mut capacity = None;
     let mut drain_delay = Duration::ZERO;
     let mut metrics_addr = None;
+    let mut trusted: Option<Vec<Network>> = None;
     let mut settings: Vec<(String, u64)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -117,6 +123,12 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_millis)
                     .ok_or("--drain-delay needs milliseconds")?;
+            }
+            "--trust-priority-from" => {
+                let list = args.next().ok_or("--trust-priority-from needs networks")?;
+                let networks: Result<Vec<Network>, _> =
+                    list.split(',').map(|n| n.trim().parse()).collect();
+                trusted = Some(networks?);
             }
             "--metrics-addr" => {
                 metrics_addr = Some(args.next().ok_or("--metrics-addr needs an address")?);
@@ -163,6 +175,9 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
             "--max-header-bytes" => builder.max_header_bytes(value as usize),
             _ => builder.http2_max_concurrent_streams(u32::try_from(value).unwrap_or(u32::MAX)),
         };
+    }
+    if let Some(networks) = trusted {
+        builder = builder.trust_priority_from(networks);
     }
     if let Some(capacity) = capacity {
         builder = builder.capacity(capacity);

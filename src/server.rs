@@ -48,7 +48,7 @@ use crate::deadline::ServerDeadlineLayer;
 use crate::health::Health;
 use crate::load_shed::{AdaptiveLimit, LoadShedLayer, LoadShedStats};
 use crate::metrics::{self, MetricsConfig, ServerMetrics};
-use crate::priority::ServerPriorityLayer;
+use crate::priority::{Network, ServerPriorityLayer};
 use crate::shutdown::{Drained, Shutdown};
 
 mod connections;
@@ -115,6 +115,14 @@ impl ServerBuilder {
     /// Ignore callers' `X-Request-Priority` and give every request `priority` (public edges).
     pub fn fixed_priority(mut self, priority: Priority) -> Self {
         self.priority = ServerPriorityLayer::fixed(priority);
+        self
+    }
+
+    /// Believe `X-Request-Priority` only from peers in `networks` (the cluster's, say), and give
+    /// everyone else `Normal`: outside callers cannot claim High and take the share kept for it.
+    /// See [`ServerPriorityLayer::trusted_from`].
+    pub fn trust_priority_from(mut self, networks: impl IntoIterator<Item = Network>) -> Self {
+        self.priority = ServerPriorityLayer::new().trusted_from(networks);
         self
     }
 

@@ -350,3 +350,36 @@ async fn garbage_on_the_wire_leaves_the_server_serving_and_its_labels_bounded() 
     drop(loris);
     serving.abort();
 }
+
+/// `X-Request-Priority: high` from a peer outside the trusted networks is Normal; from inside,
+/// High. Over a real loopback connection, whose peer is 127.0.0.1.
+#[tokio::test]
+async fn priority_is_believed_only_from_the_trusted_networks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_lifeline::priority::Network;
+
+    async fn priority_seen(networks: &[&str]) -> String {
+        let networks: Vec<Network> = networks.iter().map(|n| n.parse().unwrap()).collect();
+        let server = Server::builder()
+            .registry(Registry::new())
+            .trust_priority_from(networks)
+            .build(app())
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(server.serve(listener));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /context HTTP/1.1\r\nHost: x\r\nX-Request-Priority: high\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        serving.abort();
+        answer.rsplit(' ').next().unwrap().to_owned()
+    }
+
+    assert_eq!(priority_seen(&["10.0.0.0/8", "fd00::/8"]).await, "normal");
+    assert_eq!(priority_seen(&["127.0.0.0/8"]).await, "high");
+    assert_eq!(priority_seen(&[]).await, "normal", "trusting nobody");
+}
