@@ -332,6 +332,7 @@ async fn labels(o: &Options) {
         seed
     };
     let started = Instant::now();
+    let mut billing_failed = Vec::new();
     for i in 0..o.count {
         let (name, path) = if i % 10 == 0 {
             ("billing".to_owned(), "/hello".to_owned())
@@ -347,8 +348,12 @@ async fn labels(o: &Options) {
             .header("x-service-name", name)
             .body(http_body_util::Empty::new())
             .expect("request");
-        let _ = client.request(request).await;
+        let answered = client.request(request).await.map(|r| r.status().as_u16());
+        if i % 10 == 0 && !matches!(answered, Ok(200)) {
+            billing_failed.push(format!("{answered:?}"));
+        }
     }
+    println!("billing calls not answered 200: {billing_failed:?}");
     let metrics = o.metrics_addr.unwrap_or(o.addr);
     let mut stream = TcpStream::connect(metrics)
         .await

@@ -451,6 +451,19 @@ mod tests {
     }
 
     #[test]
+    fn a_set_used_every_tenth_request_survives_forty_thousand_new_ones() {
+        let (table, histograms, _) = evicting_table(400);
+        for i in 0..40_000 {
+            if i % 10 == 0 {
+                table.observe(["steady", "GET", "/x"], 1.0);
+            } else {
+                table.observe([&format!("flood-{i}"), "GET", "/x"], 1.0);
+            }
+        }
+        assert_eq!(count(&histograms, ["steady", "GET", "/x"]), 4_000);
+    }
+
+    #[test]
     fn a_newcomer_after_a_flood_gets_a_series_of_its_own_at_once() {
         let (table, histograms, _) = evicting_table(16);
         for i in 0..100 {
