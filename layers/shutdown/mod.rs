@@ -19,8 +19,10 @@
 //!    once: [`serve`] returns [`Drained::Forced`].
 //!
 //! Handlers that hold a connection open past their response (WebSockets, other upgrades, long
-//! polls) outlive hyper's graceful shutdown: they await [`Shutdown::triggered`] and close on
-//! their own (a WebSocket with 1001, Going Away).
+//! polls) outlive hyper's graceful shutdown: they hold a [`Shutdown::guard`], await
+//! [`Shutdown::triggered`], close on their own (a WebSocket with 1001, Going Away) and drop the
+//! guard; [`serve`] (and the `Server` preset) waits for every guard, within the grace period.
+//! `examples/websocket.rs` shows it.
 //!
 //! # Example
 //!
@@ -97,6 +99,8 @@ struct State {
     draining: watch::Sender<bool>,
     forced: watch::Sender<bool>,
     in_flight: AtomicUsize,
+    /// Live [`DrainGuard`]s, as a watch so the drain can wait for zero.
+    guards: watch::Sender<usize>,
 }
 
 impl Default for Shutdown {
@@ -125,6 +129,7 @@ impl Shutdown {
                 draining: watch::Sender::new(false),
                 forced: watch::Sender::new(false),
                 in_flight: AtomicUsize::new(0),
+                guards: watch::Sender::new(0),
             }),
             drain_delay: Duration::ZERO,
             grace_period: DEFAULT_GRACE_PERIOD,
@@ -187,6 +192,26 @@ impl Shutdown {
     /// Whether shutdown has been triggered.
     pub fn is_draining(&self) -> bool {
         *self.state.draining.borrow()
+    }
+
+    /// A guard the drain waits for, for work that outlives its request (an upgraded connection,
+    /// a WebSocket): hold it while the work runs, and drop it once the work has closed (on
+    /// [`triggered`](Self::triggered)). The grace period still bounds the wait.
+    pub fn guard(&self) -> DrainGuard {
+        self.state.guards.send_modify(|n| *n += 1);
+        DrainGuard {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Resolves when no [`DrainGuard`] of this handle is alive.
+    pub fn guards_released(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.state.clone();
+        async move {
+            let mut guards = state.guards.subscribe();
+            // Err only if the sender is gone, and `state` holds it.
+            let _ = guards.wait_for(|n| *n == 0).await;
+        }
     }
 
     /// Requests inside a [`DrainLayer`] of this handle that have not been answered yet.
@@ -278,6 +303,23 @@ async fn wait_for_signal() {
     }
 }
 
+/// Work the drain waits for; made by [`Shutdown::guard`], released on drop.
+pub struct DrainGuard {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for DrainGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        self.state.guards.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// How [`serve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
@@ -310,8 +352,14 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.signal())
         .into_future();
+    let guards = shutdown.guards_released();
+    let drained = async move {
+        server.await?;
+        guards.await;
+        Ok::<_, std::io::Error>(())
+    };
     tokio::select! {
-        result = server => result.map(|()| Drained::Completed),
+        result = drained => result.map(|()| Drained::Completed),
         () = shutdown.grace_expired() => {
             let in_flight = shutdown.in_flight();
             tracing::warn!(in_flight, "grace period over: giving up on the drain");

@@ -244,8 +244,13 @@ pub(crate) async fn serve(
     }
     drop(listener);
     connections.stopping.send_replace(true);
+    let drained = async {
+        connections.wait_all_closed().await;
+        // Upgraded connections (WebSockets) left hyper's count; their handlers' guards did not.
+        shutdown.guards_released().await;
+    };
     tokio::select! {
-        () = connections.wait_all_closed() => Ok(Drained::Completed),
+        () = drained => Ok(Drained::Completed),
         () = shutdown.grace_expired() => {
             let in_flight = shutdown.in_flight();
             tracing::warn!(in_flight, "grace period over: giving up on the drain");
