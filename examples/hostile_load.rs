@@ -9,7 +9,8 @@
 //! Attacks (`--count` is the number of connections, or requests for `labels`):
 //!
 //! - `slowloris`: each connection sends a request line, then one header byte every 5 s;
-//! - `partial-headers`: each sends 400 KB of one header line, never finished, and holds on;
+//! - `partial-headers`: each sends `--header-bytes` (400 KB) of one header line, never
+//!   finished, and holds on;
 //! - `h2c-bodies`: `--count` h2c connections × `--streams` `POST /echo` whose bodies never end,
 //!   claiming `--priority`;
 //! - `idle`: connections that send nothing;
@@ -42,6 +43,7 @@ struct Options {
     server_pid: Option<u32>,
     twice: bool,
     duration: Duration,
+    header_bytes: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -56,6 +58,7 @@ fn options() -> Result<Options, String> {
         server_pid: None,
         twice: false,
         duration: Duration::from_secs(40),
+        header_bytes: 400 * 1024,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -72,6 +75,9 @@ fn options() -> Result<Options, String> {
                 options.server_pid = Some(value()?.parse().map_err(|e| format!("{e}"))?)
             }
             "--twice" => options.twice = true,
+            "--header-bytes" => {
+                options.header_bytes = value()?.parse().map_err(|e| format!("{e}"))?
+            }
             "--duration" => {
                 options.duration =
                     Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
@@ -183,8 +189,22 @@ fn report_closed(name: &str, lives: Vec<Option<Duration>>) {
     );
 }
 
+/// Samples the server's resident memory every 50 ms until `until`; the highest sample.
+fn rss_sampler(pid: Option<u32>, until: Instant) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while Instant::now() < until {
+            peak = peak.max(rss_kb(pid).unwrap_or(0));
+            sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    })
+}
+
 async fn slowloris(o: &Options, partial: bool) {
     let until = Instant::now() + o.duration;
+    let sampler = rss_sampler(o.server_pid, until);
+    let header_bytes = o.header_bytes;
     let mut tasks = Vec::new();
     for _ in 0..o.count {
         let addr = o.addr;
@@ -197,7 +217,7 @@ async fn slowloris(o: &Options, partial: bool) {
                 .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 .await;
             if partial {
-                let chunk = vec![b'a'; 400 * 1024];
+                let chunk = vec![b'a'; header_bytes];
                 let _ = timeout(Duration::from_secs(10), stream.write_all(&chunk)).await;
                 return held_open(stream, opened, until).await;
             }
@@ -232,10 +252,8 @@ async fn slowloris(o: &Options, partial: bool) {
         rss_kb(o.server_pid)
     );
     let probes = tokio::spawn(probing(o.addr, "/hello", String::new(), until));
-    let mut peak = 0;
     let mut lives = Vec::new();
     for task in tasks {
-        peak = peak.max(rss_kb(o.server_pid).unwrap_or(0));
         lives.push(task.await.unwrap_or(None));
     }
     report_closed(
@@ -247,9 +265,10 @@ async fn slowloris(o: &Options, partial: bool) {
         lives,
     );
     probes.await.ok();
+    let peak = sampler.await.unwrap_or(0);
     sleep(Duration::from_secs(2)).await;
     println!(
-        "server RSS: peak seen {peak} kB, 2 s after the end {:?} kB",
+        "server RSS: highest sample (every 50 ms) {peak} kB, 2 s after the end {:?} kB",
         rss_kb(o.server_pid)
     );
 }

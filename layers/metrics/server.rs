@@ -25,7 +25,9 @@ struct Instruments {
     in_flight: IntGauge,
 }
 
-/// The server labels that fold into `other` past the cap: client and route.
+/// The server's open-ended labels, client and route. The server table forgets the least recently
+/// used sets past its cap instead of folding these into `other`; it folds them only with a cap
+/// of 0, where there is nothing to forget.
 const OPEN_LABELS: &[usize] = &[0, 2];
 
 /// Server metrics: a latency histogram by client, method, route and status, and an in-flight
