@@ -13,7 +13,9 @@
 //!    extra backend load.
 //! 2. `overload`: a server whose capacity is 20 requests in flight of 25 ms each (800/s) is
 //!    offered 1,600/s, open loop, by callers with a 100 ms deadline: goodput (200s that arrive in
-//!    time) with the deadline-aware server stack vs the bare server.
+//!    time) with the deadline-aware server stack vs the bare server; fixed capacities (the best
+//!    hand-tuned one included) beside the adaptive limit, which is given no capacity; then the
+//!    adaptive server at half the capacity for 5 s, its limit sampled every 500 ms.
 //! 3. `priority`: the same server at twice its capacity, a third of the calls each High, Normal
 //!    and Low: success rate per priority.
 //! 4. `outage`: the backend starts answering 503 (then hanging): time until the client's breaker
@@ -362,10 +364,14 @@ async fn offer(
 }
 
 /// The deadline-aware server stack over the limited app. `capacity` is the shedder's: a fifth of
-/// it is kept for High, so Normal traffic alone uses at most four fifths.
-fn lifeline_limited(capacity: usize) -> Server {
-    Server::builder()
-        .capacity(capacity)
+/// it is kept for High, so Normal traffic alone uses at most four fifths. `None`: the adaptive
+/// limit, no capacity configured.
+fn lifeline_limited(capacity: impl Into<Option<usize>>) -> Server {
+    let mut builder = Server::builder();
+    if let Some(capacity) = capacity.into() {
+        builder = builder.capacity(capacity);
+    }
+    builder
         .registry(prometheus::Registry::new())
         .deadline(ServerDeadlineLayer::new().cancel_on_expiry(true))
         .build(limited_app())
@@ -386,6 +392,7 @@ async fn overload(secs: f64) {
     let bare = serve(limited_app()).await;
     let at_workers = lifeline_limited(WORKERS);
     let above_workers = lifeline_limited(WORKERS * 5 / 4);
+    let adaptive = lifeline_limited(None);
     let variants = [
         ("bare axum".to_owned(), bare),
         (
@@ -402,7 +409,12 @@ async fn overload(secs: f64) {
             ),
             serve(above_workers.router()).await,
         ),
+        (
+            "tower-lifeline, adaptive limit (no capacity)".to_owned(),
+            serve(adaptive.router()).await,
+        ),
     ];
+    let adaptive_addr = variants[3].1;
     for (name, addr) in variants {
         let fates = offer(addr, rate, secs, deadline, &["normal"]).await;
         let good = fates.iter().filter(|f| f.good).count();
@@ -414,9 +426,29 @@ async fn overload(secs: f64) {
             fates.iter().filter(|f| f.status == 503).count(),
             fates.iter().filter(|f| f.status == 0).count(),
         );
+        if addr == adaptive_addr {
+            println!(
+                "|   (limit at the end of the overload: {}) | | | | | | |",
+                adaptive.load_shed_stats().limit
+            );
+        }
         // Let the bare server's queue drain before the next variant.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // The load drops to half the capacity: how the adaptive limit and goodput follow.
+    let low = tokio::spawn(offer(adaptive_addr, rate / 4.0, 5.0, deadline, &["normal"]));
+    let mut limits = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        limits.push(adaptive.load_shed_stats().limit.to_string());
+    }
+    let fates = low.await.expect("offer task");
+    let good = fates.iter().filter(|f| f.good).count();
+    println!(
+        "\nadaptive limit at 0.5x for 5 s: limit every 500 ms {}; {good} of {} answered 200 in time",
+        limits.join(", "),
+        fates.len()
+    );
 }
 
 async fn priority(secs: f64) {
@@ -433,7 +465,13 @@ async fn priority(secs: f64) {
     let bare = serve(limited_app()).await;
     let server = lifeline_limited(WORKERS);
     let ours = serve(server.router()).await;
-    for (name, addr) in [("bare axum", bare), ("tower-lifeline, capacity 20", ours)] {
+    let adaptive = lifeline_limited(None);
+    let adaptive = serve(adaptive.router()).await;
+    for (name, addr) in [
+        ("bare axum", bare),
+        ("tower-lifeline, capacity 20", ours),
+        ("tower-lifeline, adaptive limit (no capacity)", adaptive),
+    ] {
         let fates = offer(addr, rate, secs, deadline, PRIORITIES).await;
         let rate_of = |p: usize| {
             let all = fates.iter().filter(|f| f.priority == p).count();

@@ -69,6 +69,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     match serving.await?? {
         Drained::Completed => println!("drained and stopped"),
         Drained::GraceExpired { in_flight } => println!("stopped with {in_flight} unfinished"),
+        Drained::Forced { in_flight } => println!("forced to stop with {in_flight} unfinished"),
     }
     Ok(())
 }

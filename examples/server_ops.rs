@@ -39,6 +39,7 @@ async fn main() -> std::io::Result<()> {
     match serve(listener, app, shutdown).await? {
         Drained::Completed => println!("drained cleanly"),
         Drained::GraceExpired { in_flight } => println!("gave up on {in_flight} requests"),
+        Drained::Forced { in_flight } => println!("forced out with {in_flight} requests"),
     }
     println!("load shedding: {:?}", shed.stats());
     Ok(())

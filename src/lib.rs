@@ -10,17 +10,21 @@
 //! - **request strategies** ([`strategy`]): single attempt, sequential retries with backoff and
 //!   `Retry-After`, parallel (hedged) attempts with fixed or percentile-based delays, under a
 //!   retry budget, never sending a non-idempotent request twice;
-//! - **load shedding** ([`load_shed`]) by priority and remaining deadline;
+//! - **load shedding** ([`load_shed`]) by priority and remaining deadline, under a concurrency
+//!   limit found from latency (or a fixed capacity);
 //! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);
-//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout;
+//! - **timeouts** ([`timeout`]): a client attempt timeout and a server timeout; and a bound on
+//!   how long a request body may take to arrive ([`body_timeout`]);
 //! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
 //!   destination is refused at once, until one probe shows it has recovered;
 //! - **Prometheus metrics** ([`metrics`]) for servers and clients, with aio-request's names as a
 //!   preset.
 //!
 //! The presets assemble them in the right order: [`server::Server`] wraps an axum `Router` in the
-//! whole server stack; [`client::Client`] is a hyper-util pooled client inside the whole client
-//! stack. The README explains the order of both stacks.
+//! whole server stack and serves it with connection limits (header-read, idle and body timeouts, a
+//! connection cap, HTTP/2 bounds) that hold under slow and hostile callers; [`client::Client`] is
+//! a hyper-util pooled client inside the whole client stack. The README explains the order of
+//! both stacks.
 //!
 //! Every layer wraps any `tower::Service<http::Request<B>>`, so the same pieces stack onto an
 //! axum `Router`, a hyper server or a hyper-util client through `tower::ServiceBuilder`.
@@ -65,6 +69,7 @@ pub mod context;
 pub mod error;
 pub mod headers;
 pub mod outcome;
+pub mod upload;
 
 mod builder;
 #[cfg(any(feature = "metrics", feature = "strategy", feature = "circuit-breaker"))]
@@ -110,6 +115,10 @@ pub mod shutdown;
 #[cfg(feature = "health")]
 #[path = "../layers/health/mod.rs"]
 pub mod health;
+
+#[cfg(feature = "body-timeout")]
+#[path = "../layers/body_timeout/mod.rs"]
+pub mod body_timeout;
 
 #[cfg(feature = "timeout")]
 #[path = "../layers/timeout/mod.rs"]

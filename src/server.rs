@@ -7,11 +7,19 @@
 //! 2. server metrics (latency until the body ends, in flight), on the application's routes;
 //! 3. the deadline layer (read, clamp, refuse what cannot finish);
 //! 4. the priority layer;
-//! 5. load shedding by priority and remaining deadline;
-//! 6. the application's handlers;
+//! 5. the request body timeout (a body must arrive within 30 s and by the deadline);
+//! 6. load shedding by priority and remaining deadline, under an adaptive concurrency limit
+//!    unless a fixed [`capacity`](ServerBuilder::capacity) is set;
+//! 7. the application's handlers;
 //!
 //! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
-//! still answer its probes and its scrapes.
+//! still answer its probes and its scrapes. With [`ServerBuilder::metrics_listener`], `/metrics`
+//! moves to a listener of its own (the usual Kubernetes metrics port), with a small connection
+//! cap of its own, so that scrapers and callers never compete.
+//!
+//! [`Server::serve`] serves the connections as the `connections` module's docs say: hyper-util's
+//! server with a timer, a header-read timeout, an idle timeout, HTTP/2 keep-alive pings and a
+//! stream bound, a maximum header size and a connection cap, each a builder setting.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -19,7 +27,7 @@
 //!
 //! # async fn run() -> Result<(), tower_lifeline::BoxError> {
 //! let app = Router::new().route("/hello", get(|| async { "hello" }));
-//! let server = Server::builder().capacity(512).build(app)?;
+//! let server = Server::builder().build(app)?; // no capacity to guess: the limit adapts
 //! server.shutdown().listen_for_signals(); // SIGTERM and Ctrl-C drain gracefully
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! server.serve(listener).await?;
@@ -28,28 +36,43 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use axum::Router;
 use prometheus::Registry;
 use tower::ServiceBuilder;
 
+use crate::body_timeout::{RequestBodyTimeoutLayer, DEFAULT_BODY_TIMEOUT};
 use crate::context::Priority;
 use crate::deadline::ServerDeadlineLayer;
 use crate::health::Health;
-use crate::load_shed::{LoadShedLayer, LoadShedStats};
+use crate::load_shed::{AdaptiveLimit, LoadShedLayer, LoadShedStats};
 use crate::metrics::{self, MetricsConfig, ServerMetrics};
-use crate::priority::ServerPriorityLayer;
+use crate::priority::{Network, ServerPriorityLayer};
 use crate::shutdown::{Drained, Shutdown};
+
+mod connections;
+
+use connections::ConnectionSettings;
+pub use connections::{
+    default_max_connections, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
+    FALLBACK_MAX_CONNECTIONS,
+};
 
 /// Configures a [`Server`]. See the [module docs](self).
 pub struct ServerBuilder {
     deadline: ServerDeadlineLayer,
     priority: ServerPriorityLayer,
-    capacity: usize,
+    capacity: Option<usize>,
+    adaptive: AdaptiveLimit,
     registry: Option<Registry>,
     metrics: MetricsConfig,
     shutdown: Shutdown,
     health: Health,
+    connections: ConnectionSettings,
+    body_timeout: Duration,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -58,6 +81,8 @@ impl fmt::Debug for ServerBuilder {
             .field("deadline", &self.deadline)
             .field("priority", &self.priority)
             .field("capacity", &self.capacity)
+            .field("connections", &self.connections)
+            .field("body_timeout", &self.body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -67,11 +92,15 @@ impl Default for ServerBuilder {
         ServerBuilder {
             deadline: ServerDeadlineLayer::new(),
             priority: ServerPriorityLayer::new(),
-            capacity: 1_024,
+            capacity: None,
+            adaptive: AdaptiveLimit::new(),
             registry: None,
             metrics: MetricsConfig::default(),
             shutdown: Shutdown::new(),
             health: Health::new(),
+            connections: ConnectionSettings::default(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            metrics_listener: None,
         }
     }
 }
@@ -89,9 +118,25 @@ impl ServerBuilder {
         self
     }
 
-    /// Requests handled at once before shedding starts (default 1,024).
+    /// Believe `X-Request-Priority` only from peers in `networks` (the cluster's, say), and give
+    /// everyone else `Normal`: outside callers cannot claim High and take the share kept for it.
+    /// See [`ServerPriorityLayer::trusted_from`].
+    pub fn trust_priority_from(mut self, networks: impl IntoIterator<Item = Network>) -> Self {
+        self.priority = ServerPriorityLayer::new().trusted_from(networks);
+        self
+    }
+
+    /// A fixed number of requests handled at once before shedding starts, in place of the
+    /// adaptive limit (the default, which finds the number from the requests' latency).
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The adaptive limit's settings (see [`AdaptiveLimit`]; the defaults need no tuning).
+    /// Ignored when a fixed [`capacity`](Self::capacity) is set.
+    pub fn adaptive_limit(mut self, settings: AdaptiveLimit) -> Self {
+        self.adaptive = settings;
         self
     }
 
@@ -121,6 +166,66 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve `/metrics` on this listener (the usual Kubernetes metrics port) instead of beside
+    /// the application's routes, with at most [`METRICS_MAX_CONNECTIONS`] connections of its own.
+    /// It stops when the drain starts.
+    pub fn metrics_listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// How long a request body may take to arrive, counted from the request's arrival and cut
+    /// by its deadline (default 30 s). See [`body_timeout`](crate::body_timeout).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// How long a caller may take to send a whole request head (default 10 s). HTTP/1
+    /// connections waiting for their next request are closed after it too (hyper starts it when
+    /// it starts waiting for a head), and so is a connection that has sent no whole request by
+    /// then, whatever its protocol.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.header_read_timeout = timeout;
+        self
+    }
+
+    /// A connection with no request in flight for this long is closed (default 60 s; checked
+    /// at that interval, so closed within twice it). Mostly for HTTP/2, whose idle connections
+    /// the header-read timeout does not close.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.idle_timeout = timeout;
+        self
+    }
+
+    /// The interval of HTTP/2 keep-alive pings; a ping not acknowledged within the same interval
+    /// closes the connection (default 20 s; `None`: no pings).
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.connections.http2_keep_alive_interval = interval;
+        self
+    }
+
+    /// Concurrent HTTP/2 streams one connection may open (default 100).
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.connections.http2_max_concurrent_streams = max;
+        self
+    }
+
+    /// The largest request head (HTTP/1; at least 8 KiB, hyper's minimum) or header list
+    /// (HTTP/2) in bytes (default 32 KiB). A larger one gets `431` and the connection closes.
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.connections.max_header_bytes = max;
+        self
+    }
+
+    /// Connections open at once (default: seven eighths of the process's file-descriptor limit,
+    /// see [`default_max_connections`]). At the cap a new connection closes the oldest idle
+    /// one, or is closed at once if every connection looked at is busy.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.connections.max_connections = max.max(1);
+        self
+    }
+
     /// Wraps `app` in the server stack and adds the probe and metrics routes. Fails if the
     /// metrics are already registered in the registry.
     ///
@@ -131,16 +236,27 @@ impl ServerBuilder {
             .registry
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let server_metrics = ServerMetrics::register(&registry, self.metrics)?;
-        let shed = LoadShedLayer::new(self.capacity);
+        let shed = match self.capacity {
+            Some(capacity) => LoadShedLayer::new(capacity),
+            None => LoadShedLayer::adaptive_with(self.adaptive),
+        };
         metrics::register_load_shed(&registry, shed.clone())?;
         let stack = ServiceBuilder::new()
             .layer(server_metrics.layer())
             .layer(self.deadline)
             .layer(self.priority)
+            .layer(RequestBodyTimeoutLayer::new(self.body_timeout))
             .layer(shed.clone());
-        let router = app
-            .layer(stack)
-            .route("/metrics", metrics::route(registry.clone()))
+        let mut router = app.layer(stack);
+        let metrics_routes = Router::new().route("/metrics", metrics::route(registry.clone()));
+        let metrics_server = match self.metrics_listener {
+            Some(listener) => Some((listener, metrics_routes)),
+            None => {
+                router = router.merge(metrics_routes);
+                None
+            }
+        };
+        let router = router
             .merge(self.health.shutdown(&self.shutdown).router())
             .layer(self.shutdown.layer());
         Ok(Server {
@@ -148,6 +264,8 @@ impl ServerBuilder {
             shutdown: self.shutdown,
             shed,
             registry,
+            connections: self.connections,
+            metrics_server,
         })
     }
 }
@@ -159,7 +277,12 @@ pub struct Server {
     shutdown: Shutdown,
     shed: LoadShedLayer,
     registry: Registry,
+    connections: ConnectionSettings,
+    metrics_server: Option<(tokio::net::TcpListener, Router)>,
 }
+
+/// Connections the separate metrics listener takes at once: scrapers are few.
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -193,9 +316,24 @@ impl Server {
         &self.registry
     }
 
-    /// Serves on `listener` until the shutdown handle fires, then drains within the grace period.
+    /// Serves on `listener` until the shutdown handle fires, then drains within the grace period
+    /// (or until the drain is forced), with the connection limits of the builder.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<Drained> {
-        crate::shutdown::serve(listener, self.router, self.shutdown).await
+        if let Some((metrics_listener, metrics_router)) = self.metrics_server {
+            let settings = ConnectionSettings {
+                max_connections: METRICS_MAX_CONNECTIONS,
+                ..self.connections
+            };
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let served =
+                    connections::serve(metrics_listener, metrics_router, settings, shutdown).await;
+                if let Err(error) = served {
+                    tracing::warn!(%error, "the metrics listener failed");
+                }
+            });
+        }
+        connections::serve(listener, self.router, self.connections, self.shutdown).await
     }
 }
 

@@ -378,3 +378,94 @@ async fn sigterm_to_the_example_server_under_load_fails_no_request() {
         "{stdout}"
     );
 }
+
+/// A WebSocket route that echoes until the drain, then closes with 1001 (Going Away), holding a
+/// drain guard until its closing handshake is done (as `examples/websocket.rs`).
+async fn websocket(
+    State(shutdown): State<Shutdown>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    use axum::extract::ws::{close_code, CloseFrame, Message};
+    let guard = shutdown.guard();
+    upgrade.on_upgrade(move |mut socket| async move {
+        let _guard = guard;
+        let mut draining = std::pin::pin!(shutdown.triggered());
+        loop {
+            tokio::select! {
+                () = &mut draining => break,
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if socket.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let goodbye = CloseFrame {
+            code: close_code::AWAY,
+            reason: "draining".into(),
+        };
+        if socket.send(Message::Close(Some(goodbye))).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    })
+}
+
+/// Over a real WebSocket through the `Server` preset: the drain reaches the upgraded connection
+/// (close code 1001), and `serve` waits for its closing handshake instead of returning at once.
+#[tokio::test]
+async fn a_websocket_closes_with_going_away_and_the_drain_waits_for_it() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tower_lifeline::server::Server;
+
+    let shutdown = Shutdown::new().grace_period(Duration::from_secs(10));
+    let app = Router::new()
+        .route("/ws", get(websocket))
+        .with_state(shutdown.clone());
+    let server = Server::builder()
+        .registry(prometheus::Registry::new())
+        .shutdown(shutdown.clone())
+        .build(app)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    client.send(Message::text("ping")).await.unwrap();
+    let echo = client.next().await.unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "ping");
+
+    shutdown.trigger();
+    let closing = client.next().await.unwrap().unwrap();
+    let Message::Close(Some(frame)) = closing else {
+        panic!("expected a close frame, got {closing:?}");
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !serving.is_finished(),
+        "the drain waits for the WebSocket's closing handshake"
+    );
+    // Reading on sends tungstenite's reply to the close frame and sees the connection end.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), client.next()).await {}
+    let drained = tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("the drain ends once the WebSocket has closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(drained, Drained::Completed);
+}

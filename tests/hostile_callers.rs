@@ -37,6 +37,7 @@ fn app() -> Router {
 fn server(fixed: Option<Priority>, max_label_sets: usize) -> Server {
     let config = MetricsConfig {
         max_label_sets,
+        max_server_label_sets: max_label_sets,
         ..MetricsConfig::default()
     };
     let mut builder = Server::builder()
@@ -157,6 +158,11 @@ fn thousands_of_invented_service_names_and_paths_keep_the_label_sets_bounded() {
             // Unrouted paths too: they must not mint a route label each.
             let junk = format!("/nowhere/{i}/x{i}");
             send(&router, &junk, &[]).await;
+            // A real caller that keeps calling through the flood.
+            if i % 10 == 0 {
+                let steady = HeaderValue::from_static("billing");
+                send(&router, "/items/1", &[("x-service-name", steady)]).await;
+            }
         }
     });
     let text = metrics::render(server.registry()).unwrap();
@@ -164,17 +170,52 @@ fn thousands_of_invented_service_names_and_paths_keep_the_label_sets_bounded() {
         .lines()
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
         .count();
-    // The cap, plus the `other` series: one per method and status (GET 200, GET 404).
+    assert!(series <= CAP, "{series} series:\n{text}");
+    assert!(!text.contains("/nowhere/"), "raw paths never become labels");
     assert!(
-        series >= CAP,
-        "the cap was reached: {series} series:\n{text}"
+        text.contains(r#"client="billing",method="GET",route="/items/{id}",status="200"} 300"#),
+        "the caller that kept calling is still its own series:\n{text}"
     );
-    assert!(series <= CAP + 2, "{series} series:\n{text}");
-    assert!(
-        !text.contains("svc-2999") && !text.contains("/nowhere/"),
-        "late names and raw paths never become labels"
+    assert!(!text.contains(r#"client="other""#), "{text}");
+}
+
+/// Invented statuses, names and paths: `/metrics` stays small.
+#[test]
+fn random_names_paths_and_statuses_keep_the_scrape_under_a_megabyte() {
+    let rt = runtime();
+    let app = Router::new().route(
+        "/status/{code}",
+        get(
+            |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+            },
+        ),
     );
-    assert!(text.contains(r#"client="other""#), "{text}");
+    let server = Server::builder()
+        .registry(Registry::new())
+        .build(app)
+        .unwrap();
+    let router = server.router();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    rt.block_on(async {
+        for i in 0..4_000u32 {
+            let name = HeaderValue::from_str(&format!("svc-{}", next() % 100_000)).unwrap();
+            let path = match i % 3 {
+                0 => format!("/status/{}", 100 + next() % 900),
+                1 => format!("/x{}/y{}", next() % 1000, next() % 1000),
+                _ => "/status/200".to_owned(),
+            };
+            send(&router, &path, &[("x-service-name", name)]).await;
+        }
+    });
+    let text = metrics::render(server.registry()).unwrap();
+    assert!(text.len() < 1 << 20, "{} bytes", text.len());
 }
 
 proptest! {
@@ -308,4 +349,37 @@ async fn garbage_on_the_wire_leaves_the_server_serving_and_its_labels_bounded() 
     assert!(text.contains(r#"method="_OTHER""#), "{text}");
     drop(loris);
     serving.abort();
+}
+
+/// `X-Request-Priority: high` from a peer outside the trusted networks is Normal; from inside,
+/// High. Over a real loopback connection, whose peer is 127.0.0.1.
+#[tokio::test]
+async fn priority_is_believed_only_from_the_trusted_networks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_lifeline::priority::Network;
+
+    async fn priority_seen(networks: &[&str]) -> String {
+        let networks: Vec<Network> = networks.iter().map(|n| n.parse().unwrap()).collect();
+        let server = Server::builder()
+            .registry(Registry::new())
+            .trust_priority_from(networks)
+            .build(app())
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(server.serve(listener));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /context HTTP/1.1\r\nHost: x\r\nX-Request-Priority: high\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        serving.abort();
+        answer.rsplit(' ').next().unwrap().to_owned()
+    }
+
+    assert_eq!(priority_seen(&["10.0.0.0/8", "fd00::/8"]).await, "normal");
+    assert_eq!(priority_seen(&["127.0.0.0/8"]).await, "high");
+    assert_eq!(priority_seen(&[]).await, "normal", "trusting nobody");
 }

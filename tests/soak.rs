@@ -98,6 +98,7 @@ async fn soak(total: u64) {
     let server_registry = Registry::new();
     let config = MetricsConfig {
         max_label_sets: MAX_LABEL_SETS,
+        max_server_label_sets: MAX_LABEL_SETS,
         ..MetricsConfig::default()
     };
     let app = Router::new().route("/items/{id}", get(|| async { "item" }));

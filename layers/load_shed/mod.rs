@@ -31,8 +31,15 @@
 //! route separately) still limits the whole server.
 //!
 //! A request counts as in flight until its response body ends or is dropped, so a streaming
-//! response holds its slot while it streams; the route's service time is measured to the
-//! response head.
+//! response holds its slot while it streams, or until its deadline passes, whichever comes first:
+//! a handler still running past its caller's deadline (with the deadline layer's
+//! `cancel_on_expiry` off) keeps running, but gives its slot back, so callers that stall (a body
+//! that never finishes) cannot hold the server's capacity past their deadline.
+//!
+//! The route's service time is what the server controls: measured to the response head, from
+//! the end of the request body when a [`RequestBodyTimeoutLayer`](crate::body_timeout) outside
+//! marked it (an upload's pace is the caller's), and only for requests that succeeded: one that
+//! was dropped, failed (5xx, 408, an error) or whose body failed is no sample.
 //!
 //! # Example
 //!
@@ -78,15 +85,20 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::context::{Priority, RequestContext};
 use crate::headers;
+use crate::upload::{Upload, UploadProgress};
 
+mod adaptive;
 #[cfg(test)]
 mod tests;
+
+pub use adaptive::AdaptiveLimit;
+use adaptive::Controller;
 
 /// The default number of routes whose service time is tracked.
 pub const DEFAULT_MAX_ROUTES: usize = 256;
@@ -121,6 +133,8 @@ pub struct LoadShedLayer {
 }
 
 struct Shared {
+    /// The adaptive limit, when there is one; the fixed limits below apply otherwise.
+    adaptive: Option<Controller>,
     capacity: usize,
     low_limit: usize,
     normal_limit: usize,
@@ -138,6 +152,7 @@ struct Counters {
     admitted: AtomicU64,
     shed_overload: [AtomicU64; 3],
     refused_deadline: AtomicU64,
+    released_at_deadline: AtomicU64,
 }
 
 /// One in this many requests refused for their deadline is admitted anyway, so that a route's
@@ -210,6 +225,7 @@ impl LoadShedLayer {
         let low_limit = (capacity / 2).clamp(1, normal_limit.max(1));
         LoadShedLayer {
             shared: Arc::new(Shared {
+                adaptive: None,
                 capacity,
                 low_limit,
                 normal_limit,
@@ -224,9 +240,25 @@ impl LoadShedLayer {
         }
     }
 
+    /// No capacity to configure: the limit is found from the requests' latency (see
+    /// [`AdaptiveLimit`]) and `Low` may use half of the current limit, `Normal` all but a fifth,
+    /// `High` all of it. Deadline admission is on, keyed by axum's `MatchedPath`.
+    pub fn adaptive() -> Self {
+        Self::adaptive_with(AdaptiveLimit::new())
+    }
+
+    /// [`adaptive`](Self::adaptive), with settings of your own.
+    pub fn adaptive_with(settings: AdaptiveLimit) -> Self {
+        let mut layer = Self::new(usize::MAX);
+        if let Some(shared) = Arc::get_mut(&mut layer.shared) {
+            shared.adaptive = Some(Controller::new(settings));
+        }
+        layer
+    }
+
     /// Sets how many requests `Low` and `Normal` may have in flight; `High` may always use the
     /// whole capacity. Out-of-range values are clamped so that
-    /// `1 <= low <= normal <= capacity`.
+    /// `1 <= low <= normal <= capacity`. An adaptive limit keeps its shares instead.
     pub fn priority_limits(self, low: usize, normal: usize) -> Self {
         self.configure(|s| {
             s.normal_limit = normal.clamp(1, s.capacity);
@@ -269,6 +301,10 @@ impl LoadShedLayer {
     /// shared with services gets a fresh state with the new setting.
     fn configure(self, change: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Shared {
+            adaptive: shared
+                .adaptive
+                .as_ref()
+                .map(|c| Controller::new(*c.settings())),
             capacity: shared.capacity,
             low_limit: shared.low_limit,
             normal_limit: shared.normal_limit,
@@ -295,6 +331,10 @@ fn retry_after_value(after: Duration) -> HeaderValue {
 impl fmt::Debug for LoadShedLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadShedLayer")
+            .field(
+                "adaptive",
+                &self.shared.adaptive.as_ref().map(|c| c.settings()),
+            )
             .field("capacity", &self.shared.capacity)
             .field("low_limit", &self.shared.low_limit)
             .field("normal_limit", &self.shared.normal_limit)
@@ -320,6 +360,8 @@ impl<S> Layer<S> for LoadShedLayer {
 pub struct LoadShedStats {
     /// Requests in flight at the moment of the snapshot.
     pub in_flight: usize,
+    /// The limit at the moment of the snapshot: the capacity, or the adaptive limit's value.
+    pub limit: usize,
     /// Requests admitted to the handler.
     pub admitted: u64,
     /// Requests shed because the server was full for their priority: `Low`, `Normal`, `High`.
@@ -327,6 +369,8 @@ pub struct LoadShedStats {
     /// Requests refused because their remaining deadline was shorter than the route's typical
     /// service time.
     pub refused_deadline: u64,
+    /// Admitted requests that gave their slot back at their deadline, still unanswered.
+    pub released_at_deadline: u64,
 }
 
 impl LoadShedStats {
@@ -346,18 +390,33 @@ impl Shared {
         let c = &self.counters;
         LoadShedStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            limit: self.limit(Priority::High),
             admitted: c.admitted.load(Ordering::Relaxed),
             shed_overload: [0, 1, 2].map(|i| c.shed_overload[i].load(Ordering::Relaxed)),
             refused_deadline: c.refused_deadline.load(Ordering::Relaxed),
+            released_at_deadline: c.released_at_deadline.load(Ordering::Relaxed),
         }
     }
 
     fn limit(&self, priority: Priority) -> usize {
+        if let Some(adaptive) = &self.adaptive {
+            let limit = adaptive.limit();
+            return match priority {
+                Priority::Low => (limit / 2).max(1),
+                Priority::Normal => limit - (limit / 5).max(usize::from(limit > 1)),
+                Priority::High => limit,
+            };
+        }
         match priority {
             Priority::Low => self.low_limit,
             Priority::Normal => self.normal_limit,
             Priority::High => self.capacity,
         }
+    }
+
+    fn shed_for_overload(&self) -> u64 {
+        let shed = &self.counters.shed_overload;
+        shed.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Takes a slot if fewer than the priority's limit are in flight.
@@ -370,6 +429,7 @@ impl Shared {
             .ok()
             .map(|_| Slot {
                 shared: self.clone(),
+                held: true,
             })
     }
 
@@ -407,14 +467,26 @@ impl Shared {
     }
 }
 
-/// One admitted request's place in the limit, given back on drop.
+/// One admitted request's place in the limit, given back on drop or at its deadline.
 struct Slot {
     shared: Arc<Shared>,
+    held: bool,
+}
+
+impl Slot {
+    /// Gives the place back now; true if it was still held.
+    fn release(&mut self) -> bool {
+        let held = std::mem::replace(&mut self.held, false);
+        if held {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        held
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.release();
     }
 }
 
@@ -507,12 +579,18 @@ where
             return LoadShedFuture::refused(Refusal::Overload(shared.retry_after.clone()));
         };
         shared.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        let upload = req.extensions().get::<UploadProgress>().cloned();
+        let expiry = ctx
+            .deadline()
+            .map(|d| tokio::time::sleep_until(d.instant()));
         LoadShedFuture {
             state: State::Admitted {
                 inner: self.inner.call(req),
                 slot: Some(slot),
                 route,
                 started: now,
+                upload,
+                expiry,
             },
         }
     }
@@ -559,6 +637,9 @@ pin_project! {
             slot: Option<Slot>,
             route: Option<Arc<RouteEstimate>>,
             started: Instant,
+            upload: Option<UploadProgress>,
+            #[pin]
+            expiry: Option<Sleep>,
         },
     }
 }
@@ -600,22 +681,92 @@ where
                 slot,
                 route,
                 started,
+                upload,
+                mut expiry,
             } => {
-                let result = ready!(inner.poll(cx));
-                // The service time is to the response head: what the handler itself took.
-                if let Some(route) = route.take() {
-                    route.record(started.elapsed());
+                let result = match inner.poll(cx) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        if let Some(sleep) = expiry.as_mut().as_pin_mut() {
+                            if sleep.poll(cx).is_ready() {
+                                expiry.set(None);
+                                if let Some(slot) = slot.as_mut() {
+                                    if slot.release() {
+                                        slot.shared
+                                            .counters
+                                            .released_at_deadline
+                                            .fetch_add(1, Ordering::Relaxed);
+                                        tracing::debug!("deadline passed: giving the slot back");
+                                    }
+                                }
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
+                let now = Instant::now();
+                let sample = service_time(&result, *started, upload.take(), now);
+                if let (Some(route), Some(sample)) = (route.take(), sample.route) {
+                    route.record(sample);
+                }
+                let adaptive = slot
+                    .as_ref()
+                    .map(|s| &s.shared)
+                    .filter(|s| s.adaptive.is_some());
+                if let (Some(shared), Some(sample)) = (adaptive, sample.limit) {
+                    if let Some(controller) = &shared.adaptive {
+                        controller.record(sample, now, || shared.shed_for_overload());
+                    }
                 }
                 // The slot moves into the body: a streaming response counts until it ends.
                 let slot = slot.take();
                 Poll::Ready(result.map(|response| {
                     response.map(|body| {
-                        let slot = if body.is_end_stream() { None } else { slot };
+                        let slot = slot.filter(|s| s.held && !body.is_end_stream());
                         ShedBody { inner: body, slot }
                     })
                 }))
             }
         }
+    }
+}
+
+/// What the server itself took for a request, to the response head and from the end of the
+/// upload when there was one; `None` when the request says nothing about it.
+struct ServiceTime {
+    /// For the route estimate: successes only (no error, 5xx or 408).
+    route: Option<Duration>,
+    /// For the adaptive limit: successes, and requests cut at their deadline (408), which say
+    /// the most about a server too slow for its load.
+    limit: Option<Duration>,
+}
+
+fn service_time<B, E>(
+    result: &Result<Response<B>, E>,
+    started: Instant,
+    upload: Option<UploadProgress>,
+    now: Instant,
+) -> ServiceTime {
+    let none = ServiceTime {
+        route: None,
+        limit: None,
+    };
+    let Ok(response) = result else {
+        return none;
+    };
+    let status = response.status();
+    if status.is_server_error() {
+        return none;
+    }
+    let from = match upload.map(|u| u.state()) {
+        None => started,
+        Some(Upload::Finished(at)) => at.max(started),
+        Some(Upload::Receiving | Upload::Failed) => return none,
+    };
+    let took = now.saturating_duration_since(from);
+    ServiceTime {
+        route: (status != StatusCode::REQUEST_TIMEOUT).then_some(took),
+        limit: Some(took),
     }
 }
 

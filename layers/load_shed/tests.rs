@@ -399,3 +399,102 @@ async fn a_request_holds_its_slot_until_its_body_ends() {
     drop(res);
     assert_eq!(layer.stats().in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_its_deadline_gives_its_slot_back_while_the_handler_runs_on() {
+    let gate = Arc::new(Semaphore::new(0));
+    let layer = LoadShedLayer::new(1);
+    let svc = layer.layer(ReadinessChecked::new(handler(gate.clone())));
+    let stuck = tokio::spawn(svc.clone().oneshot(request(
+        Priority::High,
+        Some(Duration::from_secs(2)),
+        &["hold"],
+    )));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let res = status(&svc, request(Priority::High, None, &[])).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "full");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        layer.stats().in_flight,
+        0,
+        "the slot came back at the deadline"
+    );
+    assert_eq!(layer.stats().released_at_deadline, 1);
+    let res = status(&svc, request(Priority::High, None, &[])).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    assert!(!stuck.is_finished(), "the handler was not cancelled");
+    gate.add_permits(1);
+    assert_eq!(stuck.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(layer.stats().in_flight, 0);
+}
+
+/// A handler that answers after the `sleep-ms` header's time with the `status` header's code.
+fn answering(req: Request<()>) -> Handled {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    };
+    let sleep = Duration::from_millis(header("sleep-ms").unwrap_or(0));
+    let status = header("status")
+        .and_then(|c| StatusCode::from_u16(u16::try_from(c).ok()?).ok())
+        .unwrap_or(StatusCode::OK);
+    Box::pin(async move {
+        tokio::time::sleep(sleep).await;
+        let mut response = Response::new(String::new());
+        *response.status_mut() = status;
+        response
+    })
+}
+
+fn timed(sleep_ms: u64, status: u16, upload: Option<UploadProgress>) -> Request<()> {
+    let mut req = request(Priority::Normal, None, &[]);
+    req.headers_mut()
+        .insert("sleep-ms", sleep_ms.to_string().parse().unwrap());
+    req.headers_mut()
+        .insert("status", status.to_string().parse().unwrap());
+    if let Some(upload) = upload {
+        req.extensions_mut().insert(upload);
+    }
+    req
+}
+
+fn estimate_of(layer: &LoadShedLayer) -> Option<Duration> {
+    let routes = layer.shared.routes.read().unwrap();
+    routes.get("/route").and_then(|r| r.get())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_estimate_leaves_out_upload_time_failures_and_failed_bodies() {
+    let layer = one_route();
+    let svc = layer.layer(ReadinessChecked::new(answering));
+
+    // An upload that took 5 s, marked 5 s after the request arrived, then 10 ms of work.
+    for _ in 0..MIN_SAMPLES {
+        let progress = UploadProgress::starting_at(Instant::now());
+        let uploading = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            uploading.finish();
+        });
+        status(&svc, timed(5_010, 200, Some(progress))).await;
+    }
+    assert_eq!(estimate_of(&layer), Some(Duration::from_millis(10)));
+
+    // Slow failures, failed bodies and bodies still arriving are no samples.
+    for code in [500, 503, 408] {
+        status(&svc, timed(3_000, code, None)).await;
+    }
+    let failed = UploadProgress::starting_at(Instant::now());
+    failed.fail();
+    status(&svc, timed(3_000, 200, Some(failed))).await;
+    let receiving = UploadProgress::starting_at(Instant::now());
+    status(&svc, timed(3_000, 200, Some(receiving))).await;
+    assert_eq!(estimate_of(&layer), Some(Duration::from_millis(10)));
+
+    // A 4xx is the handler's own answer: it counts.
+    status(&svc, timed(110, 404, None)).await;
+    assert_eq!(estimate_of(&layer), Some(Duration::from_millis(30)));
+}

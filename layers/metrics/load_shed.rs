@@ -2,7 +2,7 @@ use std::sync::Mutex;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::load_shed::LoadShedLayer;
 
@@ -10,12 +10,15 @@ use crate::load_shed::LoadShedLayer;
 struct LoadShedCollector {
     layer: LoadShedLayer,
     shed: IntCounterVec,
+    limit: IntGauge,
     scraping: Mutex<()>,
 }
 
 impl Collector for LoadShedCollector {
     fn desc(&self) -> Vec<&Desc> {
-        self.shed.desc()
+        let mut desc = self.shed.desc();
+        desc.extend(self.limit.desc());
+        desc
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -31,14 +34,19 @@ impl Collector for LoadShedCollector {
             let counter = self.shed.with_label_values(&[reason, priority]);
             counter.inc_by(value.saturating_sub(counter.get()));
         }
-        self.shed.collect()
+        self.limit
+            .set(i64::try_from(stats.limit).unwrap_or(i64::MAX));
+        let mut families = self.shed.collect();
+        families.extend(self.limit.collect());
+        families
     }
 }
 
 /// Registers a load shedder's counters in `registry`:
 /// `http_server_shed_requests_total{reason, priority}`, where `reason` is `overload` (the server
 /// was full for that priority) or `deadline` (the caller's time was shorter than the route's
-/// typical service time).
+/// typical service time); and `http_server_concurrency_limit`, the limit in force (the adaptive
+/// limit's current value, or the fixed capacity).
 ///
 /// ```
 /// use prometheus::Registry;
@@ -49,6 +57,7 @@ impl Collector for LoadShedCollector {
 /// tower_lifeline::metrics::register_load_shed(&registry, shed.clone()).unwrap();
 /// let text = tower_lifeline::metrics::render(&registry).unwrap();
 /// assert!(text.contains(r#"http_server_shed_requests_total{priority="low",reason="overload"} 0"#));
+/// assert!(text.contains("http_server_concurrency_limit 64"));
 /// ```
 pub fn register_load_shed(
     registry: &Registry,
@@ -62,6 +71,10 @@ pub fn register_load_shed(
                 "Requests load shedding refused, by reason and priority.",
             ),
             &["reason", "priority"],
+        )?,
+        limit: IntGauge::new(
+            "http_server_concurrency_limit",
+            "Requests load shedding lets run at once now (adaptive, or the fixed capacity).",
         )?,
         scraping: Mutex::new(()),
     };

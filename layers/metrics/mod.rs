@@ -23,11 +23,19 @@
 //! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
 //! reproduces aio-request's names, labels and buckets exactly.
 //!
-//! **Bounds.** Each histogram has at most [`MetricsConfig::max_label_sets`] label sets (default
-//! 2,000); past that, new combinations are recorded with their open-ended labels (client, route,
-//! endpoint, path) as `other`, and `http_server_metric_label_overflow_total` /
-//! `http_client_metric_label_overflow_total` count how often. Methods outside the standard nine
-//! are `_OTHER`.
+//! **Bounds.** Every label of every series is bounded. The client histograms have at most
+//! [`MetricsConfig::max_label_sets`] label sets each (default 2,000); past that, new
+//! combinations are recorded with their open-ended labels (endpoint, path) as `other`, and
+//! `http_client_metric_label_overflow_total` counts how often. The server histogram has at most
+//! [`MetricsConfig::max_server_label_sets`] (default 400, under 1 MB of `/metrics` with the
+//! default buckets); its client label is chosen by callers, so past the cap it forgets the label
+//! sets used least recently instead of folding new ones: a flood of invented `X-Service-Name`
+//! values cannot push a caller that keeps calling into `other`, and a newcomer gets a series of
+//! its own at once. `http_server_metric_label_overflow_total` counts the sets forgotten (their
+//! series leave the scrape). Methods outside the standard nine are `_OTHER`. The server's status
+//! is the one sent on the wire (a final `1xx` other than `101`, which hyper cannot send, is
+//! `500`), exact for the codes the `http` crate names and folded to its class (`4xx`) for the
+//! others.
 //!
 //! **Exposition.** [`render`] gives the text format; [`route`] serves it from an axum router.
 //!
@@ -96,9 +104,12 @@ pub use strategy::register_strategy;
 pub struct MetricsConfig {
     /// Names, labels and buckets (default [`MetricNames::opentelemetry`]).
     pub names: MetricNames,
-    /// The most label sets one histogram may have before new ones fold into `other`
+    /// The most label sets one client histogram may have before new ones fold into `other`
     /// (default 2,000).
     pub max_label_sets: usize,
+    /// The most label sets the server histogram keeps; past it the least recently used are
+    /// forgotten (default 400: about 850 KB of `/metrics` at most with the default buckets).
+    pub max_server_label_sets: usize,
     /// Label client metrics with raw request paths instead of normalised ones. Only for
     /// clients whose paths carry no ids: every distinct path is a series (up to the cap).
     pub raw_paths: bool,
@@ -109,6 +120,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             names: MetricNames::opentelemetry(),
             max_label_sets: 2_000,
+            max_server_label_sets: 400,
             raw_paths: false,
         }
     }

@@ -4,10 +4,18 @@
 //! the cap on label sets needed a second hash and lock of its own. This table does both jobs with
 //! one hash and one read lock: it keeps each label set's `Histogram` handle, obtained from the
 //! `HistogramVec` once, when the set is first seen, and counts the sets against the cap.
+//!
+//! Past the cap a table either folds new sets into [`OTHER`] (the client metrics, whose labels
+//! the application chooses) or, [`evicting`](SeriesTable::evicting_least_recent), forgets the
+//! least recently used sets to make room (the server metrics, whose client label callers choose:
+//! a flood of invented names must not push a caller that keeps calling into `other` for ever).
+//! Recency is counted in insertions, not time: a set not used while the last many new sets came
+//! in is the one to go, and no clock is read.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use prometheus::{Histogram, HistogramVec, IntCounter};
@@ -29,8 +37,16 @@ pub(crate) struct SeriesTable<const N: usize> {
     /// Keyed at random per table: callers choose some label values (`X-Service-Name`), and with a
     /// known hash function they could pick values that all land in one bucket.
     hasher: RandomState,
+    /// Past the cap: forget the least recently used sets (true) or fold new ones (false).
+    evict: bool,
+    /// Counts insertions of new sets: the clock of recency.
+    tick: AtomicU64,
     series: RwLock<Series<N>>,
 }
+
+/// The share of the cap an eviction frees at once, so that its scan is paid once per that many
+/// insertions.
+const EVICT_FRACTION: usize = 16;
 
 struct Series<const N: usize> {
     by_hash: HashMap<u64, Entry<N>, BuildHasherDefault<Prehashed>>,
@@ -47,6 +63,8 @@ struct Entry<const N: usize> {
     /// Made as the target of a fold, not admitted: a request that carries these labels of its
     /// own (a caller named `other`) is past the cap all the same, and counted as overflow.
     folded: bool,
+    /// The table's tick when this set was last used (only kept when the table evicts).
+    last_used: AtomicU64,
     next: Option<Box<Entry<N>>>,
 }
 
@@ -103,10 +121,30 @@ impl<const N: usize> SeriesTable<N> {
             overflow,
             cap,
             hasher: RandomState::new(),
+            evict: false,
+            tick: AtomicU64::new(0),
             series: RwLock::new(Series {
                 by_hash: HashMap::default(),
                 admitted: 0,
             }),
+        }
+    }
+
+    /// Past the cap, forgets the least recently used label sets (and removes their series from
+    /// the `HistogramVec`) instead of folding new ones into [`OTHER`]; `overflow` then counts the
+    /// sets forgotten.
+    pub(crate) fn evicting_least_recent(mut self) -> Self {
+        self.evict = true;
+        self
+    }
+
+    /// Marks `entry` as used now, writing only when the tick moved since its last use.
+    fn touch(&self, entry: &Entry<N>) {
+        if self.evict {
+            let now = self.tick.load(Ordering::Relaxed);
+            if entry.last_used.load(Ordering::Relaxed) != now {
+                entry.last_used.store(now, Ordering::Relaxed);
+            }
         }
     }
 
@@ -150,6 +188,7 @@ impl<const N: usize> SeriesTable<N> {
                 if entry.folded {
                     self.overflow.inc();
                 }
+                self.touch(entry);
                 entry.histogram.observe(value);
                 return;
             }
@@ -169,6 +208,9 @@ impl<const N: usize> SeriesTable<N> {
             }
             entry.histogram.observe(value);
             return;
+        }
+        if self.evict && series.admitted >= self.cap {
+            self.evict_least_recent(series);
         }
         let (hash, folded) = if series.admitted < self.cap {
             series.admitted += 1;
@@ -197,9 +239,66 @@ impl<const N: usize> SeriesTable<N> {
             labels: labels.map(Box::from),
             histogram,
             folded,
+            last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed) + 1),
             next,
         };
         series.by_hash.insert(hash, entry);
+    }
+}
+
+impl<const N: usize> SeriesTable<N> {
+    /// Forgets the least recently used sixteenth of the admitted sets (at least one).
+    #[cold]
+    fn evict_least_recent(&self, series: &mut Series<N>) {
+        let mut ticks = Vec::with_capacity(series.admitted);
+        for head in series.by_hash.values() {
+            let mut entry = Some(head);
+            while let Some(e) = entry {
+                if !e.folded {
+                    ticks.push(e.last_used.load(Ordering::Relaxed));
+                }
+                entry = e.next.as_deref();
+            }
+        }
+        if ticks.is_empty() {
+            return;
+        }
+        let count = (self.cap / EVICT_FRACTION).clamp(1, ticks.len());
+        let (_, &mut newest_to_go, _) = ticks.select_nth_unstable(count - 1);
+        // Ties at the threshold may take a few more than `count`: recency is all they share.
+        let mut forgotten = 0;
+        let by_hash = std::mem::take(&mut series.by_hash);
+        for (hash, head) in by_hash {
+            let kept = retain_chain(head, &mut |entry: &Entry<N>| {
+                let go = !entry.folded && entry.last_used.load(Ordering::Relaxed) <= newest_to_go;
+                if go {
+                    let labels: [&str; N] = std::array::from_fn(|i| &*entry.labels[i]);
+                    // Gone from the scrape too; a set seen again starts a fresh series.
+                    let _ = self.histograms.remove_label_values(&labels);
+                    forgotten += 1;
+                }
+                !go
+            });
+            if let Some(kept) = kept {
+                series.by_hash.insert(hash, kept);
+            }
+        }
+        series.admitted -= forgotten;
+        self.overflow.inc_by(forgotten as u64);
+    }
+}
+
+/// The chain starting at `entry` without the entries `keep` turns down.
+fn retain_chain<const N: usize>(
+    mut entry: Entry<N>,
+    keep: &mut impl FnMut(&Entry<N>) -> bool,
+) -> Option<Entry<N>> {
+    let next = entry.next.take().and_then(|next| retain_chain(*next, keep));
+    if keep(&entry) {
+        entry.next = next.map(Box::new);
+        Some(entry)
+    } else {
+        next
     }
 }
 
@@ -324,6 +423,74 @@ mod tests {
         let (table, _, _) = table(10);
         assert_ne!(table.hash(&["ab", "c", "d"]), table.hash(&["a", "bc", "d"]));
         assert_eq!(table.hash(&["ab", "c", "d"]), table.hash(&["ab", "c", "d"]));
+    }
+
+    fn evicting_table(cap: usize) -> (SeriesTable<3>, HistogramVec, IntCounter) {
+        let (table, histograms, overflow) = table(cap);
+        (table.evicting_least_recent(), histograms, overflow)
+    }
+
+    #[test]
+    fn a_flood_of_new_sets_cannot_push_a_set_in_steady_use_out() {
+        let (table, histograms, overflow) = evicting_table(16);
+        for i in 0..2_000 {
+            table.observe([&format!("flood-{i}"), "GET", "/x"], 1.0);
+            if i % 4 == 0 {
+                table.observe(["steady", "GET", "/x"], 1.0);
+            }
+        }
+        assert_eq!(count(&histograms, ["steady", "GET", "/x"]), 500);
+        assert_eq!(
+            count(&histograms, ["other", "GET", "other"]),
+            0,
+            "nothing folds"
+        );
+        let series = counts(&histograms).len();
+        assert!(series <= 16, "{series} series");
+        assert!(overflow.get() >= 2_000 - 16, "{}", overflow.get());
+    }
+
+    #[test]
+    fn a_set_used_every_tenth_request_survives_forty_thousand_new_ones() {
+        let (table, histograms, _) = evicting_table(400);
+        for i in 0..40_000 {
+            if i % 10 == 0 {
+                table.observe(["steady", "GET", "/x"], 1.0);
+            } else {
+                table.observe([&format!("flood-{i}"), "GET", "/x"], 1.0);
+            }
+        }
+        assert_eq!(count(&histograms, ["steady", "GET", "/x"]), 4_000);
+    }
+
+    #[test]
+    fn a_newcomer_after_a_flood_gets_a_series_of_its_own_at_once() {
+        let (table, histograms, _) = evicting_table(16);
+        for i in 0..100 {
+            table.observe([&format!("flood-{i}"), "GET", "/x"], 1.0);
+        }
+        table.observe(["late", "GET", "/x"], 1.0);
+        table.observe(["late", "GET", "/x"], 1.0);
+        assert_eq!(count(&histograms, ["late", "GET", "/x"]), 2);
+        assert_eq!(count(&histograms, ["flood-0", "GET", "/x"]), 0, "forgotten");
+        assert!(counts(&histograms).len() <= 16);
+    }
+
+    #[test]
+    fn colliding_label_sets_are_evicted_one_by_one() {
+        let (table, histograms, _) = evicting_table(2);
+        table.observe_hashed(7, ["a", "GET", "/x"], 1.0);
+        table.observe_hashed(7, ["b", "GET", "/x"], 1.0);
+        table.observe_hashed(7, ["b", "GET", "/x"], 1.0);
+        table.observe_hashed(7, ["c", "GET", "/x"], 1.0);
+        assert_eq!(
+            count(&histograms, ["a", "GET", "/x"]),
+            0,
+            "the least recent went"
+        );
+        assert_eq!(count(&histograms, ["b", "GET", "/x"]), 2);
+        assert_eq!(count(&histograms, ["c", "GET", "/x"]), 1);
+        assert_eq!(table.series.read().unwrap().admitted, 2);
     }
 
     #[test]

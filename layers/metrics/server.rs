@@ -25,7 +25,9 @@ struct Instruments {
     in_flight: IntGauge,
 }
 
-/// The server labels that fold into `other` past the cap: client and route.
+/// The server's open-ended labels, client and route. The server table forgets the least recently
+/// used sets past its cap instead of folding these into `other`; it folds them only with a cap
+/// of 0, where there is nothing to forget.
 const OPEN_LABELS: &[usize] = &[0, 2];
 
 /// Server metrics: a latency histogram by client, method, route and status, and an in-flight
@@ -60,14 +62,20 @@ impl ServerMetrics {
         )?;
         let overflow = IntCounter::with_opts(Opts::new(
             "http_server_metric_label_overflow_total",
-            "Server requests recorded under `other` because the label sets reached their cap.",
+            "Server label sets forgotten, least recently used first, to keep under their cap.",
         ))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(overflow.clone()))?;
         Ok(ServerMetrics {
             instruments: Arc::new(Instruments {
-                duration: SeriesTable::new(duration, OPEN_LABELS, overflow, config.max_label_sets),
+                duration: SeriesTable::new(
+                    duration,
+                    OPEN_LABELS,
+                    overflow,
+                    config.max_server_label_sets,
+                )
+                .evicting_least_recent(),
                 in_flight,
             }),
         })
@@ -196,8 +204,33 @@ impl Drop for Recording {
             Some(name) => name,
             None => "unknown",
         };
-        let labels = [client, self.method, self.route.as_str(), status.as_str()];
+        let labels = [
+            client,
+            self.method,
+            self.route.as_str(),
+            status_label(&status),
+        ];
         instruments.duration.observe(labels, elapsed);
+    }
+}
+
+/// The status label: the status hyper sends on the wire, exact when the `http` crate names it
+/// (and 499, aio-request's "caller went away"), else its class, so that a handler echoing a
+/// caller's number cannot mint hundreds of series.
+fn status_label(status: &StatusCode) -> &str {
+    // hyper cannot send a final 1xx other than 101 and answers 500 instead.
+    if status.is_informational() && *status != StatusCode::SWITCHING_PROTOCOLS {
+        return "500";
+    }
+    if status.canonical_reason().is_some() || status.as_u16() == CLIENT_CLOSED_REQUEST {
+        return status.as_str();
+    }
+    match status.as_u16() / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
     }
 }
 

@@ -85,35 +85,97 @@ async fn the_aio_request_preset_has_its_names_labels_and_buckets() {
 }
 
 #[tokio::test]
-async fn label_sets_are_capped_and_the_overflow_counted() {
+async fn server_label_sets_are_capped_by_forgetting_the_least_recent() {
     let registry = Registry::new();
     let config = MetricsConfig {
-        max_label_sets: 5,
+        max_server_label_sets: 5,
         ..MetricsConfig::default()
     };
     let server = ServerMetrics::register(&registry, config).unwrap();
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(server.layer());
+    let call = |name: String| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/")
+                .header("x-service-name", name)
+                .body(Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+    };
     for i in 0..50 {
-        let request = Request::get("/")
-            .header("x-service-name", format!("caller-{i}"))
+        call(format!("caller-{i}")).await;
+        // A caller that keeps calling through the flood.
+        call("steady".to_owned()).await;
+    }
+    let text = render(&registry).unwrap();
+    assert_eq!(
+        series_count(&text, "http_server_request_duration_seconds"),
+        5,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"client="steady",method="GET",route="/",status="200"} 50"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"client="caller-49""#),
+        "the newest has its own series"
+    );
+    assert!(!text.contains(r#"client="other""#), "{text}");
+    assert!(
+        text.contains("http_server_metric_label_overflow_total 46"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_status_label_is_the_one_on_the_wire_and_bounded() {
+    let registry = Registry::new();
+    let server = ServerMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    let app = Router::new()
+        .route(
+            "/status/{code}",
+            get(
+                |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                    http::StatusCode::from_u16(code).unwrap()
+                },
+            ),
+        )
+        .layer(server.layer());
+    for code in [100, 102, 200, 299, 404, 418, 499, 599, 600, 999, 101] {
+        let request = Request::get(format!("/status/{code}"))
             .body(Body::empty())
             .unwrap();
         let response = app.clone().oneshot(request).await.unwrap();
         response.into_body().collect().await.unwrap();
     }
     let text = render(&registry).unwrap();
+    let count = |status: &str, n: u32| {
+        format!(
+            r#"http_server_request_duration_seconds_count{{client="unknown",method="GET",route="/status/{{code}}",status="{status}"}} {n}"#
+        )
+    };
+    for (status, n) in [
+        ("500", 2),
+        ("101", 1),
+        ("200", 1),
+        ("2xx", 1),
+        ("404", 1),
+        ("418", 1),
+        ("499", 1),
+        ("5xx", 1),
+        ("other", 2),
+    ] {
+        assert!(text.contains(&count(status, n)), "{status}\n{text}");
+    }
     assert_eq!(
         series_count(&text, "http_server_request_duration_seconds"),
-        6,
-        "5 + other\n{text}"
+        9
     );
-    assert!(
-        text.contains(r#"client="other",method="GET",route="other",status="200"} 45"#),
-        "{text}"
-    );
-    assert!(text.contains("http_server_metric_label_overflow_total 45"));
 }
 
 #[tokio::test]

@@ -7,7 +7,13 @@
 //! [propagation layer](crate::propagation). Load shedding reads it to drop low priority first.
 //!
 //! A public edge should not let callers choose their own priority:
-//! [`ServerPriorityLayer::fixed`] ignores the header and gives every request the same one.
+//! [`ServerPriorityLayer::fixed`] ignores the header and gives every request the same one, and
+//! [`ServerPriorityLayer::trusted_from`] believes it only from peers in the networks it names
+//! (the cluster's, say) and gives everyone else the default, `Normal`. The attack it stops: a
+//! handful of outside connections claiming `X-Request-Priority: high` take the share that load
+//! shedding keeps for High, and shut out the real High traffic with everyone else. The peer is
+//! the connection's (axum's `ConnectInfo<SocketAddr>`, which the `Server` preset sets): behind a
+//! proxy, name the proxy's network only if the proxy removes the header from outside requests.
 //!
 //! # Example
 //!
@@ -32,6 +38,8 @@
 //! # }
 //! ```
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -41,11 +49,17 @@ use tower_service::Service;
 use crate::context::{InContext, Priority, RequestContext};
 use crate::headers;
 
+mod network;
+
+pub use network::{InvalidNetwork, Network};
+
 /// Reads `X-Request-Priority` into the request context. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct ServerPriorityLayer {
     fixed: Option<Priority>,
     default: Priority,
+    /// When set, the header is read only from peers in these networks.
+    trusted: Option<Arc<[Network]>>,
 }
 
 impl ServerPriorityLayer {
@@ -60,7 +74,23 @@ impl ServerPriorityLayer {
         ServerPriorityLayer {
             fixed: Some(priority),
             default: priority,
+            trusted: None,
         }
+    }
+
+    /// Reads the caller's header only when the connection's peer is in one of `networks`;
+    /// every other request gets the default priority (`Normal`). A request whose peer is unknown
+    /// (no `ConnectInfo<SocketAddr>` in its extensions) is not trusted.
+    pub fn trusted_from(mut self, networks: impl IntoIterator<Item = Network>) -> Self {
+        self.trusted = Some(networks.into_iter().collect());
+        self
+    }
+
+    fn trusts<B>(&self, req: &Request<B>) -> bool {
+        let Some(trusted) = &self.trusted else {
+            return true;
+        };
+        peer(req).is_some_and(|peer| trusted.iter().any(|n| n.contains(peer.ip())))
     }
 
     /// The priority of requests without a well-formed header (default `Normal`).
@@ -118,15 +148,32 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let priority = self.layer.fixed.unwrap_or_else(|| {
-            req.headers()
-                .get(headers::X_REQUEST_PRIORITY)
+        let layer = &self.layer;
+        let priority = layer.fixed.unwrap_or_else(|| {
+            Some(&req)
+                .filter(|req| layer.trusts(req))
+                .and_then(|req| req.headers().get(headers::X_REQUEST_PRIORITY))
                 .and_then(headers::parse_priority)
-                .unwrap_or(self.layer.default)
+                .unwrap_or(layer.default)
         });
         let ctx = RequestContext::of(&req).with_priority(priority);
         ctx.store_in(&mut req);
         let future = ctx.sync_scope(|| self.inner.call(req));
         ctx.scope(future)
+    }
+}
+
+/// The connection's peer, as axum's `ConnectInfo` gives it.
+fn peer<B>(req: &Request<B>) -> Option<SocketAddr> {
+    #[cfg(feature = "axum")]
+    {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+    }
+    #[cfg(not(feature = "axum"))]
+    {
+        let _ = req;
+        None
     }
 }

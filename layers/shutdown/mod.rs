@@ -14,7 +14,15 @@
 //!    and lets in-flight requests finish;
 //! 4. the grace period (30 s by default, Kubernetes' own) bounds the whole drain, counted from
 //!    the trigger: [`serve`] returns [`Drained::GraceExpired`] when it runs out, and returning
-//!    from `main` then ends the process with whatever is left.
+//!    from `main` then ends the process with whatever is left;
+//! 5. a second signal (an operator pressing Ctrl-C again) or [`Shutdown::force`] ends the drain at
+//!    once: [`serve`] returns [`Drained::Forced`].
+//!
+//! Handlers that hold a connection open past their response (WebSockets, other upgrades, long
+//! polls) outlive hyper's graceful shutdown: they hold a [`Shutdown::guard`], await
+//! [`Shutdown::triggered`], close on their own (a WebSocket with 1001, Going Away) and drop the
+//! guard; [`serve`] (and the `Server` preset) waits for every guard, within the grace period.
+//! `examples/websocket.rs` shows it.
 //!
 //! # Example
 //!
@@ -89,7 +97,10 @@ pub struct Shutdown {
 
 struct State {
     draining: watch::Sender<bool>,
+    forced: watch::Sender<bool>,
     in_flight: AtomicUsize,
+    /// Live [`DrainGuard`]s, as a watch so the drain can wait for zero.
+    guards: watch::Sender<usize>,
 }
 
 impl Default for Shutdown {
@@ -116,7 +127,9 @@ impl Shutdown {
         Shutdown {
             state: Arc::new(State {
                 draining: watch::Sender::new(false),
+                forced: watch::Sender::new(false),
                 in_flight: AtomicUsize::new(0),
+                guards: watch::Sender::new(0),
             }),
             drain_delay: Duration::ZERO,
             grace_period: DEFAULT_GRACE_PERIOD,
@@ -149,9 +162,56 @@ impl Shutdown {
         }
     }
 
+    /// Ends the drain at once: triggers the shutdown if it was not, and makes [`serve`] (and the
+    /// `Server` preset) return [`Drained::Forced`] without waiting for anything in flight.
+    pub fn force(&self) {
+        self.trigger();
+        if !self.state.forced.send_replace(true) {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "shutdown forced: not waiting for the drain"
+            );
+        }
+    }
+
+    /// Whether the drain was ended at once by [`force`](Self::force) (or a second signal).
+    pub fn is_forced(&self) -> bool {
+        *self.state.forced.borrow()
+    }
+
+    /// Resolves when the drain is forced.
+    pub fn forced(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.state.clone();
+        async move {
+            let mut forced = state.forced.subscribe();
+            // Err only if the sender is gone, and `state` holds it.
+            let _ = forced.wait_for(|forced| *forced).await;
+        }
+    }
+
     /// Whether shutdown has been triggered.
     pub fn is_draining(&self) -> bool {
         *self.state.draining.borrow()
+    }
+
+    /// A guard the drain waits for, for work that outlives its request (an upgraded connection,
+    /// a WebSocket): hold it while the work runs, and drop it once the work has closed (on
+    /// [`triggered`](Self::triggered)). The grace period still bounds the wait.
+    pub fn guard(&self) -> DrainGuard {
+        self.state.guards.send_modify(|n| *n += 1);
+        DrainGuard {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Resolves when no [`DrainGuard`] of this handle is alive.
+    pub fn guards_released(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.state.clone();
+        async move {
+            let mut guards = state.guards.subscribe();
+            // Err only if the sender is gone, and `state` holds it.
+            let _ = guards.wait_for(|n| *n == 0).await;
+        }
     }
 
     /// Requests inside a [`DrainLayer`] of this handle that have not been answered yet.
@@ -192,37 +252,16 @@ impl Shutdown {
         }
     }
 
-    /// Triggers this handle on SIGTERM (Unix) or Ctrl-C, from a spawned task. Call it inside a
-    /// tokio runtime. A signal whose handler cannot be installed is logged and never fires.
+    /// Triggers this handle on SIGTERM (Unix) or Ctrl-C, from a spawned task, and forces it on
+    /// the second such signal. Call it inside a tokio runtime. A signal whose handler cannot be
+    /// installed is logged and never fires.
     pub fn listen_for_signals(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let ctrl_c = async {
-                if let Err(error) = tokio::signal::ctrl_c().await {
-                    tracing::warn!(%error, "cannot listen for Ctrl-C");
-                    std::future::pending::<()>().await;
-                }
-            };
-            #[cfg(unix)]
-            let terminate = async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut sigterm) => {
-                        sigterm.recv().await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot listen for SIGTERM");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            #[cfg(not(unix))]
-            let terminate = std::future::pending::<()>();
-            tokio::select! {
-                () = ctrl_c => tracing::info!("Ctrl-C received"),
-                () = terminate => tracing::info!("SIGTERM received"),
-            }
+            wait_for_signal().await;
             this.trigger();
+            wait_for_signal().await;
+            this.force();
         })
     }
 
@@ -231,6 +270,53 @@ impl Shutdown {
         DrainLayer {
             shutdown: self.clone(),
         }
+    }
+}
+
+/// Resolves on the next SIGTERM (Unix) or Ctrl-C. A signal whose handler cannot be installed is
+/// logged and never fires.
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Work the drain waits for; made by [`Shutdown::guard`], released on drop.
+pub struct DrainGuard {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for DrainGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        self.state.guards.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -244,6 +330,12 @@ pub enum Drained {
     /// with the process.
     GraceExpired {
         /// Requests unanswered when the grace period ended.
+        in_flight: usize,
+    },
+    /// The drain was forced ([`Shutdown::force`], or a second signal) with this many requests
+    /// still unanswered; the connections are left to die with the process.
+    Forced {
+        /// Requests unanswered when the drain was forced.
         in_flight: usize,
     },
 }
@@ -260,13 +352,20 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.signal())
         .into_future();
+    let guards = shutdown.guards_released();
+    let drained = async move {
+        server.await?;
+        guards.await;
+        Ok::<_, std::io::Error>(())
+    };
     tokio::select! {
-        result = server => result.map(|()| Drained::Completed),
+        result = drained => result.map(|()| Drained::Completed),
         () = shutdown.grace_expired() => {
             let in_flight = shutdown.in_flight();
             tracing::warn!(in_flight, "grace period over: giving up on the drain");
             Ok(Drained::GraceExpired { in_flight })
         }
+        () = shutdown.forced() => Ok(Drained::Forced { in_flight: shutdown.in_flight() }),
     }
 }
 

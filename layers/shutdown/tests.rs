@@ -115,3 +115,43 @@ async fn a_request_in_flight_at_the_trigger_finishes_and_is_told_to_close() {
     assert_eq!(res.headers()[header::CONNECTION], "close");
     assert_eq!(shutdown.in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn guards_are_counted_until_dropped_and_forcing_triggers() {
+    let shutdown = Shutdown::new();
+    let first = shutdown.guard();
+    let second = shutdown.guard();
+    let released = tokio::spawn(shutdown.guards_released());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!released.is_finished(), "one guard is still held");
+    drop(second);
+    released.await.unwrap();
+
+    assert!(!shutdown.is_forced());
+    shutdown.force();
+    assert!(shutdown.is_draining(), "forcing starts the drain too");
+    assert!(shutdown.is_forced());
+    shutdown.forced().await;
+}
+
+#[tokio::test]
+async fn serve_waits_for_guards_and_a_forced_drain_returns_at_once() {
+    let shutdown = Shutdown::new().grace_period(Duration::from_secs(30));
+    let app = axum::Router::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let guard = shutdown.guard();
+    let serving = tokio::spawn(serve(listener, app, shutdown.clone()));
+    shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!serving.is_finished(), "the drain waits for the guard");
+    shutdown.force();
+    let drained = tokio::time::timeout(Duration::from_secs(2), serving)
+        .await
+        .expect("forced")
+        .unwrap()
+        .unwrap();
+    assert_eq!(drained, Drained::Forced { in_flight: 0 });
+    drop(guard);
+}

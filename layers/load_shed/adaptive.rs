@@ -1,0 +1,361 @@
+//! The adaptive concurrency limit: how many requests may run at once, found from their latency
+//! instead of configured.
+//!
+//! It follows Envoy's adaptive concurrency filter (a gradient controller), which Netflix's
+//! concurrency-limits (Gradient2, Vegas) also inform:
+//!
+//! - every update interval (100 ms) the average service time of the requests that finished in it
+//!   (the same samples as the route estimate: successes only, upload left out) is compared with
+//!   the *minimum* service time, the latency of the work with no queue in front of it:
+//!   `gradient = min_rtt * (1 + buffer) / sample`, clamped to `[0.5, 2]`, and
+//!   `limit = gradient * limit + sqrt(limit)` (the square root is headroom for bursts);
+//! - the limit grows only when it has turned someone away since the last update: a server
+//!   that is not limiting has no evidence it could take more (Gradient2 leaves an
+//!   "app-limited" limit alone the same way), so a quiet hour does not leave it wide open;
+//! - the minimum is measured at start (at the initial limit) and again every 30 s at the
+//!   minimum limit, for 20 samples or 1 s, after which the limit goes back where it was.
+//!
+//! Why not Gradient2's long-term average as the reference: under sustained load the long-term
+//! average drifts up to the loaded latency, and the limit with it (a failure its users report).
+//! Why not the smallest latency seen recently: once a queue forms every request waits behind
+//! it, so the smallest recent latency rises with the limit, and the limit climbs without end.
+//! A measurement at a low limit costs a fraction of a second of shedding every 30 s, and keeps
+//! the reference honest.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Settings of the adaptive limit. The defaults suit most servers: nothing needs configuring.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveLimit {
+    initial: usize,
+    min: usize,
+    max: usize,
+    buffer: f64,
+    update_interval: Duration,
+    min_rtt_interval: Duration,
+    min_rtt_samples: u64,
+}
+
+impl Default for AdaptiveLimit {
+    fn default() -> Self {
+        AdaptiveLimit {
+            initial: 20,
+            min: 4,
+            max: 1_000,
+            buffer: 0.25,
+            update_interval: Duration::from_millis(100),
+            min_rtt_interval: Duration::from_secs(30),
+            min_rtt_samples: 20,
+        }
+    }
+}
+
+impl AdaptiveLimit {
+    /// The defaults: starts at 20, between 4 and 1,000, a 25% latency buffer, updated every
+    /// 100 ms, the minimum latency measured again every 30 s over 20 samples.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The limit at start (default 20), clamped into the bounds.
+    pub fn initial_limit(mut self, initial: usize) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// The bounds of the limit (default 4 and 1,000); `min` is at least 1, `max` at least `min`.
+    pub fn bounds(mut self, min: usize, max: usize) -> Self {
+        self.min = min.max(1);
+        self.max = max.max(self.min);
+        self
+    }
+
+    /// How much slower than the minimum latency the server may run before the limit shrinks
+    /// (default 0.25: 25%).
+    pub fn buffer(mut self, buffer: f64) -> Self {
+        self.buffer = if buffer.is_finite() {
+            buffer.max(0.0)
+        } else {
+            0.25
+        };
+        self
+    }
+
+    /// How often the limit is recomputed (default 100 ms).
+    pub fn update_interval(mut self, interval: Duration) -> Self {
+        self.update_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often the minimum latency is measured again (default 30 s).
+    pub fn min_rtt_interval(mut self, interval: Duration) -> Self {
+        self.min_rtt_interval = interval;
+        self
+    }
+
+    fn clamp(&self, limit: f64) -> usize {
+        // `as` saturates, and NaN becomes 0, which the clamp lifts to the minimum.
+        (limit.round() as usize).clamp(self.min, self.max)
+    }
+}
+
+/// How long a minimum-latency measurement may last before it ends with what it has.
+const MAX_MEASUREMENT: Duration = Duration::from_secs(1);
+
+/// The limit and what it learns from, shared by every request of a load shedder.
+pub(crate) struct Controller {
+    settings: AdaptiveLimit,
+    epoch: Instant,
+    limit: AtomicUsize,
+    /// The current window's samples: their sum in nanoseconds and their count.
+    window_nanos: AtomicU64,
+    window_samples: AtomicU64,
+    /// Nanoseconds from `epoch` to the end of the current window.
+    window_end: AtomicU64,
+    estimator: Mutex<Estimator>,
+}
+
+struct Estimator {
+    min_rtt: Option<Duration>,
+    phase: Phase,
+    /// Refusals for overload counted at the last update.
+    shed_seen: u64,
+}
+
+enum Phase {
+    /// Measuring the minimum latency at a low limit; then back to `restore`.
+    Measuring {
+        restore: usize,
+        since: Instant,
+        nanos: u128,
+        samples: u64,
+    },
+    /// Following the gradient until `next_measurement`.
+    Following { next_measurement: Instant },
+}
+
+impl Controller {
+    pub(crate) fn new(settings: AdaptiveLimit) -> Self {
+        let epoch = Instant::now();
+        let initial = settings.clamp(settings.initial as f64);
+        Controller {
+            settings,
+            epoch,
+            limit: AtomicUsize::new(initial),
+            window_nanos: AtomicU64::new(0),
+            window_samples: AtomicU64::new(0),
+            window_end: AtomicU64::new(nanos(settings.update_interval)),
+            estimator: Mutex::new(Estimator {
+                min_rtt: None,
+                // The first measurement runs at the initial limit: nothing is known yet, and
+                // a new instance should not shed most of its first requests.
+                phase: Phase::Measuring {
+                    restore: initial,
+                    since: epoch,
+                    nanos: 0,
+                    samples: 0,
+                },
+                shed_seen: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &AdaptiveLimit {
+        &self.settings
+    }
+
+    /// The current limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Records one service time, finished at `now`; at the end of a window, updates the limit.
+    /// `shed` gives the number of overload refusals so far.
+    pub(crate) fn record(&self, sample: Duration, now: Instant, shed: impl FnOnce() -> u64) {
+        self.window_nanos
+            .fetch_add(nanos(sample), Ordering::Relaxed);
+        self.window_samples.fetch_add(1, Ordering::Relaxed);
+        let since_epoch = nanos(now.saturating_duration_since(self.epoch));
+        if since_epoch < self.window_end.load(Ordering::Relaxed) {
+            return;
+        }
+        // One updater at a time; the others go on (their samples count in the next window).
+        let Ok(mut estimator) = self.estimator.try_lock() else {
+            return;
+        };
+        if since_epoch < self.window_end.load(Ordering::Relaxed) {
+            return;
+        }
+        self.window_end.store(
+            since_epoch + nanos(self.settings.update_interval),
+            Ordering::Relaxed,
+        );
+        let total = self.window_nanos.swap(0, Ordering::Relaxed);
+        let count = self.window_samples.swap(0, Ordering::Relaxed);
+        self.update(&mut estimator, total, count, now, shed());
+    }
+
+    fn update(&self, estimator: &mut Estimator, total: u64, count: u64, now: Instant, shed: u64) {
+        let limited = shed != estimator.shed_seen;
+        estimator.shed_seen = shed;
+        let settings = &self.settings;
+        match &mut estimator.phase {
+            Phase::Measuring {
+                restore,
+                since,
+                nanos: sum,
+                samples,
+            } => {
+                *sum += u128::from(total);
+                *samples += count;
+                let long_enough = now.saturating_duration_since(*since) >= MAX_MEASUREMENT;
+                if *samples < settings.min_rtt_samples && !long_enough {
+                    return;
+                }
+                if *samples > 0 {
+                    let average = *sum / u128::from(*samples);
+                    let average = u64::try_from(average).unwrap_or(u64::MAX);
+                    estimator.min_rtt = Some(Duration::from_nanos(average.max(1)));
+                }
+                let restore = *restore;
+                tracing::debug!(min_rtt = ?estimator.min_rtt, limit = restore, "minimum latency measured");
+                self.limit.store(restore, Ordering::Relaxed);
+                estimator.phase = Phase::Following {
+                    next_measurement: now + settings.min_rtt_interval,
+                };
+            }
+            Phase::Following { next_measurement } => {
+                if now >= *next_measurement {
+                    let restore = self.limit();
+                    self.limit.store(settings.min, Ordering::Relaxed);
+                    estimator.phase = Phase::Measuring {
+                        restore,
+                        since: now,
+                        nanos: 0,
+                        samples: 0,
+                    };
+                    return;
+                }
+                let (Some(min_rtt), Some(average)) = (estimator.min_rtt, total.checked_div(count))
+                else {
+                    return;
+                };
+                let limit = self.limit() as f64;
+                let target = min_rtt.as_secs_f64() * (1.0 + settings.buffer);
+                let sample = Duration::from_nanos(average.max(1)).as_secs_f64();
+                let gradient = (target / sample).clamp(0.5, 2.0);
+                let mut next = gradient * limit + limit.sqrt();
+                if !limited {
+                    // Not limiting anyone: no evidence the server could take more.
+                    next = next.min(limit);
+                }
+                self.limit.store(settings.clamp(next), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `windows` update intervals of samples of `latency`, `per_window` each, to
+    /// `controller`, with overload refusals in each window when `limited`.
+    async fn feed(
+        controller: &Controller,
+        windows: u32,
+        per_window: u32,
+        limited: bool,
+        latency: impl Fn(usize) -> Duration,
+        shed: &mut u64,
+    ) {
+        let step = controller.settings().update_interval / per_window;
+        for _ in 0..windows {
+            for _ in 0..per_window {
+                tokio::time::advance(step).await;
+                if limited {
+                    *shed += 1;
+                }
+                let current = *shed;
+                controller.record(latency(controller.limit()), Instant::now(), || current);
+            }
+        }
+    }
+
+    /// A server of 20 workers of 25 ms: with `limit` requests in flight, the queue in front of
+    /// the workers makes each take 25 ms x limit / 20 once the limit is past 20.
+    fn twenty_workers(limit: usize) -> Duration {
+        Duration::from_millis(25) * (limit.max(20) as u32) / 20
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_overload_the_limit_settles_just_above_the_workers() {
+        let controller = Controller::new(AdaptiveLimit::new());
+        let mut shed = 0;
+        feed(&controller, 100, 30, true, twenty_workers, &mut shed).await;
+        let limit = controller.limit();
+        // Every worker busy (goodput) with a queue short enough for a 100 ms deadline.
+        assert!((20..=45).contains(&limit), "{limit}");
+        assert!(twenty_workers(limit) < Duration::from_millis(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_pushed_down_recovers_when_the_server_is_fast_again() {
+        let controller = Controller::new(AdaptiveLimit::new());
+        let mut shed = 0;
+        feed(&controller, 10, 30, true, twenty_workers, &mut shed).await;
+        // A slow spell: every request takes a second, and the limit falls to where halving it
+        // and adding the headroom meet (5, near the floor of 4).
+        feed(
+            &controller,
+            20,
+            30,
+            true,
+            |_| Duration::from_secs(1),
+            &mut shed,
+        )
+        .await;
+        assert!(controller.limit() <= 5, "{}", controller.limit());
+        // Fast again, still turning callers away: back above the workers within 2 s.
+        feed(&controller, 20, 30, true, twenty_workers, &mut shed).await;
+        assert!(controller.limit() >= 20, "{}", controller.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_that_turns_nobody_away_does_not_grow() {
+        let controller = Controller::new(AdaptiveLimit::new());
+        let mut shed = 0;
+        feed(
+            &controller,
+            50,
+            30,
+            false,
+            |_| Duration::from_millis(5),
+            &mut shed,
+        )
+        .await;
+        assert_eq!(controller.limit(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_minimum_latency_is_measured_again_at_the_floor_and_the_limit_restored() {
+        let controller = Controller::new(AdaptiveLimit::new());
+        let mut shed = 0;
+        feed(&controller, 10, 30, true, twenty_workers, &mut shed).await;
+        let before = controller.limit();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        feed(&controller, 1, 30, true, twenty_workers, &mut shed).await;
+        assert_eq!(controller.limit(), 4, "measuring at the floor");
+        feed(&controller, 1, 30, true, twenty_workers, &mut shed).await;
+        let after = controller.limit();
+        assert!(after + 10 >= before, "restored: {before} then {after}");
+    }
+}
