@@ -16,6 +16,10 @@
 //!    destination, or only to those [`ClientBuilder::propagate_only_to_hosts`] names);
 //! 8. transport.
 //!
+//! With the `opentelemetry` feature, a span for the whole call opens outermost and a client span
+//! for each attempt right under the strategy (see `otel`); propagation sends the attempt's
+//! `traceparent`.
+//!
 //! The same stack is available as layers for users who bring their own service: see the
 //! README's `ServiceBuilder` example.
 //!
@@ -63,6 +67,16 @@ use crate::metrics::ClientMetrics;
 use crate::propagation::PropagateLayer;
 use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
 use crate::timeout::AttemptTimeoutLayer;
+
+/// A span per call and per attempt with the `opentelemetry` feature; nothing without it.
+#[cfg(feature = "opentelemetry")]
+type CallTrace = crate::otel::ClientTraceLayer;
+#[cfg(not(feature = "opentelemetry"))]
+type CallTrace = tower::layer::util::Identity;
+#[cfg(feature = "opentelemetry")]
+type AttemptTrace = crate::otel::AttemptTraceLayer;
+#[cfg(not(feature = "opentelemetry"))]
+type AttemptTrace = tower::layer::util::Identity;
 
 /// The request body the preset sends.
 pub type ClientBody = Full<Bytes>;
@@ -317,6 +331,7 @@ impl ClientBuilder {
             .map(|settings| CircuitBreakerLayer::new(settings).return_error());
         let breakers = breaker.as_ref().map(CircuitBreakerLayer::registry);
         let stack = ServiceBuilder::new()
+            .layer(CallTrace::default())
             .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
             .layer(
                 ClientDeadlineLayer::new()
@@ -325,6 +340,7 @@ impl ClientBuilder {
                     .write_header(false),
             )
             .layer(self.strategy.clone())
+            .layer(AttemptTrace::default())
             .option_layer(breaker)
             .option_layer(self.attempt_timeout.map(AttemptTimeoutLayer::new))
             .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))

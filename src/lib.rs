@@ -16,7 +16,9 @@
 //! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
 //!   destination is refused at once, until one probe shows it has recovered;
 //! - **Prometheus metrics** ([`metrics`]) for servers and clients, with aio-request's names as a
-//!   preset.
+//!   preset;
+//! - **OpenTelemetry trace context** ([`otel`]): W3C `traceparent` across every hop, a span per
+//!   call, attempt and server request.
 //!
 //! The presets assemble them in the right order: [`server::Server`] wraps an axum `Router` in the
 //! whole server stack; [`client::Client`] is a hyper-util pooled client inside the whole client
@@ -117,6 +119,10 @@ pub mod timeout;
 #[cfg(feature = "circuit-breaker")]
 #[path = "../layers/circuit_breaker/mod.rs"]
 pub mod circuit_breaker;
+
+#[cfg(feature = "opentelemetry")]
+#[path = "../layers/otel/mod.rs"]
+pub mod otel;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

@@ -10,7 +10,8 @@
 //! 5. load shedding by priority and remaining deadline;
 //! 6. the application's handlers;
 //!
-//! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
+//! (with the `opentelemetry` feature, a server span that continues the caller's trace wraps 2
+//! to 6) and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
 //! still answer its probes and its scrapes.
 //!
 //! ```no_run
@@ -138,8 +139,11 @@ impl ServerBuilder {
             .layer(self.deadline)
             .layer(self.priority)
             .layer(shed.clone());
+        let app = app.layer(stack);
+        // Outermost on the application's routes: refusals by the stack are spans too.
+        #[cfg(feature = "opentelemetry")]
+        let app = app.layer(crate::otel::ServerTraceLayer::new());
         let router = app
-            .layer(stack)
             .route("/metrics", metrics::route(registry.clone()))
             .merge(self.health.shutdown(&self.shutdown).router())
             .layer(self.shutdown.layer());
