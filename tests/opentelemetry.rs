@@ -244,6 +244,18 @@ async fn one_trace_spans_two_hops_with_retried_and_hedged_attempts_as_siblings()
             Some(&Value::I64(2)),
             "{name}"
         );
+        if route == "/slow-first" {
+            // The hedge went out after its 30 ms delay, long before the first attempt's 300 ms.
+            let Some(Value::I64(sent_after)) =
+                attribute(attempts[1], "tower_lifeline.sent_after_ms")
+            else {
+                panic!("no sent_after_ms on the hedge");
+            };
+            assert!(
+                (30..300).contains(sent_after),
+                "hedge sent after {sent_after} ms"
+            );
+        }
         for (attempt, status) in attempts.iter().zip(statuses) {
             let [b_server] = children(
                 &spans,

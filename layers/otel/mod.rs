@@ -20,9 +20,9 @@
 //! Attributes follow OpenTelemetry's HTTP conventions: `http.request.method`, `http.route` (server),
 //! `url.template` (client, when the call gave one), `server.address`, `server.port`,
 //! `http.response.status_code`, `error.type`, `http.request.resend_count` (attempts after the
-//! first); and `tower_lifeline.attempt` (1, 2, ...), `tower_lifeline.delay_ms` (how long after
-//! the call's start the attempt was sent: a hedge's or retry's delay), `tower_lifeline.attempts`
-//! on the call. `url.full` leaves the query out: queries carry tokens too often.
+//! first); and `tower_lifeline.attempt` (1, 2, ...), `tower_lifeline.sent_after_ms` (how long
+//! after the call began the attempt was sent: a hedge's delay, or the earlier attempts plus a
+//! retry's backoff), `tower_lifeline.attempts` on the call. `url.full` leaves the query out: queries carry tokens too often.
 //!
 //! Without a tracing-opentelemetry layer in the subscriber the spans are plain tracing spans and
 //! no header is written.
@@ -344,7 +344,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Numbered in the order attempts are sent; without a call layer above, each is a first.
-        let (number, delay, parent) = match req.extensions().get::<CallTrace>() {
+        let (number, sent_after, parent) = match req.extensions().get::<CallTrace>() {
             Some(CallTrace(call)) => (
                 call.attempts.fetch_add(1, Ordering::Relaxed) + 1,
                 call.started.elapsed(),
@@ -377,7 +377,7 @@ where
             http.response.status_code = Empty,
             error.type = Empty,
             tower_lifeline.attempt = i64::from(number),
-            tower_lifeline.delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+            tower_lifeline.sent_after_ms = i64::try_from(sent_after.as_millis()).unwrap_or(i64::MAX),
         );
         if number > 1 {
             span.record("http.request.resend_count", i64::from(number - 1));
