@@ -62,7 +62,7 @@ impl ServerMetrics {
             "http_server_metric_label_overflow_total",
             "Server requests recorded under `other` because the label sets reached their cap.",
         ))?;
-        registry.register(Box::new(duration.clone()))?;
+        registry.register(names.server_collector(duration.clone())?)?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(overflow.clone()))?;
         Ok(ServerMetrics {
