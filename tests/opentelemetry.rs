@@ -244,6 +244,16 @@ async fn one_trace_spans_two_hops_with_retried_and_hedged_attempts_as_siblings()
             Some(&Value::I64(2)),
             "{name}"
         );
+        let kinds: Vec<_> = attempts
+            .iter()
+            .map(|a| attribute(a, "tower_lifeline.attempt_kind"))
+            .collect();
+        let second = if route == "/flaky" { "retry" } else { "hedge" };
+        assert_eq!(
+            kinds,
+            [Some(&Value::from("first")), Some(&Value::from(second))],
+            "{name}"
+        );
         if route == "/slow-first" {
             // The hedge went out after its 30 ms delay, long before the first attempt's 300 ms.
             let Some(Value::I64(sent_after)) =

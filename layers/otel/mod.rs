@@ -20,7 +20,9 @@
 //! Attributes follow OpenTelemetry's HTTP conventions: `http.request.method`, `http.route` (server),
 //! `url.template` (client, when the call gave one), `server.address`, `server.port`,
 //! `http.response.status_code`, `error.type`, `http.request.resend_count` (attempts after the
-//! first); and `tower_lifeline.attempt` (1, 2, ...), `tower_lifeline.sent_after_ms` (how long
+//! first); and `tower_lifeline.attempt` (1, 2, ...), `tower_lifeline.attempt_kind` (`first`,
+//! `retry`, or `hedge` when sent while another attempt of the call was in flight),
+//! `tower_lifeline.sent_after_ms` (how long
 //! after the call began the attempt was sent: a hedge's delay, or the earlier attempts plus a
 //! retry's backoff), `tower_lifeline.attempts` on the call. `url.full` leaves the query out: queries carry tokens too often.
 //!
@@ -214,6 +216,8 @@ struct CallTrace(Arc<CallState>);
 
 struct CallState {
     attempts: AtomicU32,
+    /// Attempts sent and not finished: one sent while another is in flight is a hedge.
+    in_flight: AtomicU32,
     started: Instant,
     /// The call's span: every attempt's parent, named rather than taken from the current span,
     /// so that attempts stay siblings whatever spans the strategy opens around them.
@@ -284,11 +288,12 @@ where
             return TraceFuture {
                 inner: self.inner.call(req),
                 span,
-                kind: Kind::Attempt,
+                kind: Kind::Attempt(None),
             };
         }
         let state = Arc::new(CallState {
             attempts: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
             started: Instant::now(),
             span: span.clone(),
         });
@@ -344,13 +349,19 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Numbered in the order attempts are sent; without a call layer above, each is a first.
-        let (number, sent_after, parent) = match req.extensions().get::<CallTrace>() {
-            Some(CallTrace(call)) => (
-                call.attempts.fetch_add(1, Ordering::Relaxed) + 1,
-                call.started.elapsed(),
-                call.span.clone(),
-            ),
-            None => (1, std::time::Duration::ZERO, Span::current()),
+        let call = req.extensions().get::<CallTrace>().map(|c| c.0.clone());
+        let (number, sent_after, parent, kind) = match &call {
+            Some(call) => {
+                let number = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                let others_in_flight = call.in_flight.fetch_add(1, Ordering::Relaxed);
+                let kind = match (number, others_in_flight) {
+                    (1, _) => "first",
+                    (_, 0) => "retry",
+                    _ => "hedge",
+                };
+                (number, call.started.elapsed(), call.span.clone(), kind)
+            }
+            None => (1, std::time::Duration::ZERO, Span::current(), "first"),
         };
         let method = req.method().as_str();
         let (host, port) = destination(&req);
@@ -377,6 +388,7 @@ where
             http.response.status_code = Empty,
             error.type = Empty,
             tower_lifeline.attempt = i64::from(number),
+            tower_lifeline.attempt_kind = kind,
             tower_lifeline.sent_after_ms = i64::try_from(sent_after.as_millis()).unwrap_or(i64::MAX),
         );
         if number > 1 {
@@ -387,15 +399,25 @@ where
         TraceFuture {
             inner,
             span,
-            kind: Kind::Attempt,
+            kind: Kind::Attempt(call.map(InFlight)),
         }
     }
 }
 
-/// Which span a [`TraceFuture`] finishes: a call's records how many attempts it took.
+/// Which span a [`TraceFuture`] finishes: a call's records how many attempts it took; an
+/// attempt's counts as in flight until it finishes or is dropped (a cancelled hedge).
 enum Kind {
     Call(Arc<CallState>),
-    Attempt,
+    Attempt(Option<InFlight>),
+}
+
+/// One attempt in flight for its call; dropping it says the attempt is over.
+struct InFlight(Arc<CallState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pin_project! {
@@ -433,11 +455,15 @@ where
             Ok(response) => record_status(this.span, response.status(), 400),
             Err(error) => record_error(this.span, error.as_ref()),
         }
-        if let Kind::Call(state) = this.kind {
-            this.span.record(
-                "tower_lifeline.attempts",
-                i64::from(state.attempts.load(Ordering::Relaxed)),
-            );
+        match this.kind {
+            Kind::Call(state) => {
+                this.span.record(
+                    "tower_lifeline.attempts",
+                    i64::from(state.attempts.load(Ordering::Relaxed)),
+                );
+            }
+            // Over: a retry sent from now on is not a hedge of this one.
+            Kind::Attempt(in_flight) => drop(in_flight.take()),
         }
         Poll::Ready(result)
     }
