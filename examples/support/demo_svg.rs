@@ -285,7 +285,12 @@ fn breaker_chart(svg: &mut String, timeline: &Timeline) {
     );
     let mut segments = vec![(0.0, CircuitState::Closed)];
     segments.extend(timeline.states.iter().copied());
-    for (i, &(at, state)) in segments.iter().enumerate() {
+    // Half-open stretches last, on top: each is a probe of a millisecond or two, widened below,
+    // and the open stretch after it would cover it.
+    let mut order: Vec<usize> = (0..segments.len()).collect();
+    order.sort_by_key(|&i| segments[i].1 == CircuitState::HalfOpen);
+    for i in order {
+        let (at, state) = segments[i];
         let until = segments.get(i + 1).map_or(end, |s| s.0);
         let color = match state {
             CircuitState::Closed => GREEN,
@@ -293,10 +298,11 @@ fn breaker_chart(svg: &mut String, timeline: &Timeline) {
             CircuitState::Open => RED,
         };
         let (x1, x2) = (plot.x(at / end), plot.x(until / end));
+        let min_width = if state == CircuitState::HalfOpen { 2.5 } else { 0.8 };
         let _ = writeln!(
             svg,
             r#"<rect x="{x1:.1}" y="{strip_top:.1}" width="{:.2}" height="16" fill="{color}"/>"#,
-            (x2 - x1).max(0.8)
+            (x2 - x1).max(min_width)
         );
     }
     let _ = writeln!(svg, "</g>");
