@@ -298,7 +298,11 @@ fn breaker_chart(svg: &mut String, timeline: &Timeline) {
             CircuitState::Open => RED,
         };
         let (x1, x2) = (plot.x(at / end), plot.x(until / end));
-        let min_width = if state == CircuitState::HalfOpen { 2.5 } else { 0.8 };
+        let min_width = if state == CircuitState::HalfOpen {
+            2.5
+        } else {
+            0.8
+        };
         let _ = writeln!(
             svg,
             r#"<rect x="{x1:.1}" y="{strip_top:.1}" width="{:.2}" height="16" fill="{color}"/>"#,
