@@ -11,8 +11,8 @@
 //! 6. the application's handlers;
 //!
 //! (with the `opentelemetry` feature, a server span that continues the caller's trace wraps 2
-//! to 6) and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
-//! still answer its probes and its scrapes.
+//! to 6) and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server
+//! must still answer its probes and its scrapes.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};

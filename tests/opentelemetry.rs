@@ -3,7 +3,7 @@
 //! in-memory exporter collects the spans.
 //!
 //! In a test binary of its own: the subscriber and the propagator are process-wide.
-#![cfg(feature = "opentelemetry")]
+#![cfg(all(feature = "opentelemetry", feature = "client", feature = "server"))]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
