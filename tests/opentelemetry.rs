@@ -335,3 +335,45 @@ async fn trace_context_goes_only_where_the_propagation_headers_go() {
         .into_body();
     assert!(third_party.get("traceparent").is_none(), "{third_party:?}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_span_lasts_until_the_response_body_ends() {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_lifeline::otel::ServerTraceLayer;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    // This thread's own subscriber: the first test owns the global one.
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("streamed")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (mut sender, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+    let body = std::sync::Mutex::new(Some(body));
+    let server = ServerTraceLayer::new().layer(service_fn(move |_req: Request<()>| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+    }));
+    let response = server
+        .oneshot(Request::get("/stream").body(()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        exporter.get_finished_spans().unwrap().is_empty(),
+        "the headers are out, the body is not"
+    );
+    let streamer = tokio::spawn(async move {
+        sender.send_data(Bytes::from("all of it")).await.unwrap();
+    });
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    streamer.await.unwrap();
+    assert_eq!(body, "all of it");
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span_kind, SpanKind::Server);
+}

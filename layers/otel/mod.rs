@@ -8,7 +8,8 @@
 //!
 //! - **Server**: [`ServerTraceLayer`] reads `traceparent` and `tracestate`, opens a server span
 //!   (`GET /users/{id}`) whose parent is the caller's attempt, and runs the request inside it, so
-//!   client calls made by the handler are its children. The `Server` preset puts it outermost.
+//!   client calls made by the handler are its children. The span ends with the response body, so
+//!   a streamed response is traced whole. The `Server` preset puts it outermost.
 //! - **Client**: [`ClientTraceLayer`] (outermost) opens a span for the whole call;
 //!   [`AttemptTraceLayer`] (right under the strategy) opens a client span for each attempt,
 //!   numbered, so retries and hedges are siblings under their call, and an attempt an open
@@ -512,7 +513,7 @@ impl<S, B, ResBody> Service<Request<B>> for ServerTrace<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<TracedBody<ResBody>>;
     type Error = S::Error;
     type Future = ServerTraceFuture<S::Future>;
 
@@ -566,21 +567,68 @@ impl<F, B, E> Future for ServerTraceFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<TracedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // The handler runs inside the span: its client calls continue this trace.
         let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
-        match &result {
+        Poll::Ready(match result {
             // A server span is an error only for 5xx: a 4xx is the caller's mistake.
-            Ok(response) => record_status(this.span, response.status(), 500),
-            Err(_) => {
+            Ok(response) => {
+                record_status(this.span, response.status(), 500);
+                // The span moves into the body: the request ends when the body does.
+                let span = this.span.clone();
+                Ok(response.map(|inner| TracedBody { inner, span }))
+            }
+            Err(error) => {
                 this.span.record("error.type", "_OTHER");
                 this.span.record("otel.status_code", "ERROR");
+                Err(error)
             }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request's server span open until it ends or is dropped,
+    /// so a streamed response is traced whole.
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        span: Span,
+    }
+}
+
+impl<B> fmt::Debug for TracedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TracedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.span.in_scope(|| this.inner.as_mut().poll_frame(cx)));
+        if frame.is_none() {
+            // The end of the body: close the span now rather than when hyper drops the body.
+            *this.span = Span::none();
         }
-        Poll::Ready(result)
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
