@@ -12,11 +12,18 @@
 //!   calls at once instead of sending them, probes, and closes again when the backend is back;
 //! - a **deadline** round: callers whose time is (nearly) gone are refused before any work.
 //!
+//! It prints a line as each phase starts, then the report, and draws the latency curves and the
+//! breaker's timeline in an SVG (`target/demo.svg` unless `--svg` says otherwise).
+//!
 //! Run: `cargo run --example demo` (`-- --help` for options). It finishes in well under a minute.
 
+#[path = "support/demo_svg.rs"]
+mod demo_svg;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -36,6 +43,8 @@ use tower_lifeline::strategy::{
 };
 use tower_lifeline::ServiceBuilderExt;
 
+use demo_svg::{CallOutcome, Curve, Timeline};
+
 const HELP: &str = "\
 demo: request strategies and deadlines against a flaky backend, on loopback
 
@@ -44,6 +53,7 @@ USAGE: cargo run --example demo [-- OPTIONS]
 OPTIONS:
     --requests N      requests per strategy (default 2000)
     --concurrency N   requests in flight at once (default 16)
+    --svg PATH        where to draw the picture (default target/demo.svg)
     -h, --help        print this help
 
 The backend answers 97% of requests in about 5 ms and 3% in about 200 ms, and answers 503 to
@@ -216,12 +226,16 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Runs load through a client with a circuit breaker while the backend goes down for 2 s and
-/// comes back, and reports what the breaker did.
+/// comes back, reports what the breaker did, and returns the timeline for the picture.
 async fn outage(
     backend: &Arc<Backend>,
     addr: SocketAddr,
     concurrency: usize,
-) -> Result<(), tower_lifeline::BoxError> {
+) -> Result<Timeline, tower_lifeline::BoxError> {
+    let phase_start = Instant::now();
+    let since_start = move || phase_start.elapsed().as_secs_f64();
+    let calls: Arc<Mutex<Vec<(f64, CallOutcome)>>> = Arc::default();
+    let states: Arc<Mutex<Vec<(f64, CircuitState)>>> = Arc::default();
     let settings = CircuitBreakerSettings::builder()
         .failure_threshold(0.5)
         .minimum_throughput(20)
@@ -245,6 +259,10 @@ async fn outage(
             }
             _ => {}
         });
+        let states = states.clone();
+        breakers.on_transition(move |t: &Transition<'_>| {
+            lock(&states).push((since_start(), t.to));
+        });
     }
 
     let (offered, refused, failed) = (
@@ -263,11 +281,12 @@ async fn outage(
             refused.clone(),
             failed.clone(),
         );
-        let (recovered_at, outage_over, stop, backend) = (
+        let (recovered_at, outage_over, stop, backend, calls) = (
             recovered_at.clone(),
             outage_over.clone(),
             stop.clone(),
             backend.clone(),
+            calls.clone(),
         );
         workers.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -277,6 +296,14 @@ async fn outage(
                     .timeout(Duration::from_secs(1))
                     .send()
                     .await;
+                let outcome = match &result {
+                    Ok(response) if response.status() == StatusCode::OK => CallOutcome::Succeeded,
+                    Err(err) if find_source::<CircuitOpen>(err.as_ref()).is_some() => {
+                        CallOutcome::Refused
+                    }
+                    _ => CallOutcome::Failed,
+                };
+                lock(&calls).push((since_start(), outcome));
                 match result {
                     Ok(response) if response.status() == StatusCode::OK => {
                         let over = *outage_over.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,8 +333,10 @@ async fn outage(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let backend_before = backend.calls.load(Ordering::Relaxed);
     backend.outage.store(true, Ordering::Relaxed);
+    let down_at = since_start();
     tokio::time::sleep(Duration::from_secs(2)).await;
     backend.outage.store(false, Ordering::Relaxed);
+    let up_at = since_start();
     let backend_during = backend.calls.load(Ordering::Relaxed) - backend_before;
     let came_back = Instant::now();
     *outage_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(came_back);
@@ -320,12 +349,14 @@ async fn outage(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A little of the recovered backend in the picture too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     while workers.join_next().await.is_some() {}
 
     let offered = offered.load(Ordering::Relaxed);
     println!(
-        "\nbreaker: backend down for 2.0 s: {} calls offered, {} refused at once by the open breaker, \
+        "breaker: backend down for 2.0 s: {} calls offered, {} refused at once by the open breaker, \
          {} failed at the backend (the backend saw {} calls); {} trip(s), {} failed probe(s)",
         offered,
         refused.load(Ordering::Relaxed),
@@ -341,18 +372,33 @@ async fn outage(
         ),
         None => println!("breaker: no success within 5 s of the backend coming back"),
     }
-    Ok(())
+    let end = since_start();
+    let calls = std::mem::take(&mut *lock(&calls));
+    let states = std::mem::take(&mut *lock(&states));
+    Ok(Timeline {
+        outage: (down_at, up_at),
+        end,
+        calls,
+        states,
+    })
+}
+
+/// The lock, whether or not a worker panicked while holding it (the data is only counts).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Options {
     requests: usize,
     concurrency: usize,
+    svg: PathBuf,
 }
 
 fn options() -> Result<Option<Options>, String> {
     let mut options = Options {
         requests: 2000,
         concurrency: 16,
+        svg: PathBuf::from("target/demo.svg"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -366,6 +412,9 @@ fn options() -> Result<Option<Options>, String> {
             "-h" | "--help" => return Ok(None),
             "--requests" => options.requests = number("--requests")?,
             "--concurrency" => options.concurrency = number("--concurrency")?,
+            "--svg" => {
+                options.svg = args.next().ok_or("--svg needs a path")?.into();
+            }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
@@ -418,11 +467,15 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
          {} requests per strategy, {} in flight, 2 s deadline\n",
         options.requests, options.concurrency
     );
-    println!(
-        "{:<22} {:>8} {:>8} {:>8} {:>12} {:>15}",
-        "strategy", "p50_ms", "p99_ms", "p999_ms", "success_pct", "extra_load_pct"
-    );
-    for name in STRATEGIES {
+    let phases = STRATEGIES.len() + 2;
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    for (i, name) in STRATEGIES.into_iter().enumerate() {
+        println!(
+            "[{}/{phases}] strategy {name}: 100 warm-up requests, then {}",
+            i + 1,
+            options.requests
+        );
         let url = format!("http://{frontend_addr}/work/{name}");
         // Warm up: connections, and the percentile tracker's first observations.
         drive(&caller, &url, "2", 100, options.concurrency).await;
@@ -432,7 +485,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         let mut latencies: Vec<Duration> = results.iter().map(|(_, l)| *l).collect();
         latencies.sort();
         let ok = results.iter().filter(|(s, _)| *s == 200).count();
-        println!(
+        rows.push(format!(
             "{:<22} {:>8.1} {:>8.1} {:>8.1} {:>12.1} {:>15.1}",
             name,
             percentile(&latencies, 50.0),
@@ -440,10 +493,27 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
             percentile(&latencies, 99.9),
             100.0 * ok as f64 / results.len() as f64,
             100.0 * (backend_calls as f64 / results.len() as f64 - 1.0),
-        );
+        ));
+        curves.push(Curve {
+            name,
+            sorted_ms: latencies.iter().map(|l| l.as_secs_f64() * 1000.0).collect(),
+        });
+    }
+    println!(
+        "\n{:<22} {:>8} {:>8} {:>8} {:>12} {:>15}",
+        "strategy", "p50_ms", "p99_ms", "p999_ms", "success_pct", "extra_load_pct"
+    );
+    for row in rows {
+        println!("{row}");
     }
 
-    outage(&backend, backend_addr, options.concurrency).await?;
+    println!(
+        "\n[{}/{phases}] outage: the backend fails every request for 2 s, under load through a circuit breaker",
+        phases - 1
+    );
+    let timeline = outage(&backend, backend_addr, options.concurrency).await?;
+
+    println!("\n[{phases}/{phases}] deadlines: callers with 3 ms and with 20 ms left");
 
     // Deadlines: callers with 3 ms left are refused at the door (408); callers with 20 ms left
     // get in, but after the frontend's 25 ms of work the backend call is not sent.
@@ -467,7 +537,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     .await;
     let backend_reached = backend.calls.load(Ordering::Relaxed) - backend_before;
     println!(
-        "\ndeadline: {refused_at_door} of {} requests with 3 ms left refused at the door with 408",
+        "deadline: {refused_at_door} of {} requests with 3 ms left refused at the door with 408",
         at_door.len()
     );
     println!(
@@ -476,6 +546,16 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         late.len(),
         backend_reached,
     );
-    println!("\nfinished in {:.1} s", started.elapsed().as_secs_f64());
+    let title = format!(
+        "tower-lifeline demo: {} requests per strategy, {} in flight",
+        options.requests, options.concurrency
+    );
+    let picture = demo_svg::render(&curves, &timeline, &title);
+    if let Some(dir) = options.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.svg, picture)?;
+    println!("\npicture: {}", options.svg.display());
+    println!("finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -18,7 +18,9 @@
 //! - **circuit breakers per destination** ([`circuit_breaker`]): after too many failures a
 //!   destination is refused at once, until one probe shows it has recovered;
 //! - **Prometheus metrics** ([`metrics`]) for servers and clients, with aio-request's names as a
-//!   preset.
+//!   preset;
+//! - **OpenTelemetry trace context** ([`otel`]): W3C `traceparent` across every hop, a span per
+//!   call, attempt and server request.
 //!
 //! The presets assemble them in the right order: [`server::Server`] wraps an axum `Router` in the
 //! whole server stack and serves it with connection limits (header-read, idle and body timeouts, a
@@ -131,6 +133,10 @@ pub mod circuit_breaker;
 #[cfg(feature = "read-body")]
 #[path = "../layers/read_body/mod.rs"]
 pub mod read_body;
+
+#[cfg(feature = "opentelemetry")]
+#[path = "../layers/otel/mod.rs"]
+pub mod otel;
 
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;

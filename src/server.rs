@@ -12,7 +12,8 @@
 //!    unless a fixed [`capacity`](ServerBuilder::capacity) is set;
 //! 7. the application's handlers;
 //!
-//! and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
+//! (with the `opentelemetry` feature, a server span that continues the caller's trace wraps
+//! them) and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
 //! still answer its probes and its scrapes. With [`ServerBuilder::metrics_listener`], `/metrics`
 //! moves to a listener of its own (the usual Kubernetes metrics port), with a small connection
 //! cap of its own, so that scrapers and callers never compete.
@@ -247,7 +248,11 @@ impl ServerBuilder {
             .layer(self.priority)
             .layer(RequestBodyTimeoutLayer::new(self.body_timeout))
             .layer(shed.clone());
-        let mut router = app.layer(stack);
+        let app = app.layer(stack);
+        // Outermost on the application's routes: refusals by the stack are spans too.
+        #[cfg(feature = "opentelemetry")]
+        let app = app.layer(crate::otel::ServerTraceLayer::new());
+        let mut router = app;
         let metrics_routes = Router::new().route("/metrics", metrics::route(registry.clone()));
         let metrics_server = match self.metrics_listener {
             Some(listener) => Some((listener, metrics_routes)),

@@ -66,8 +66,8 @@ impl ClientMetrics {
             "http_client_metric_label_overflow_total",
             "Client calls and attempts recorded under `other` because the label sets reached their cap.",
         ))?;
-        registry.register(Box::new(call.clone()))?;
-        registry.register(Box::new(attempt.clone()))?;
+        registry.register(names.client_collector(call.clone(), false)?)?;
+        registry.register(names.client_collector(attempt.clone(), true)?)?;
         registry.register(Box::new(overflow.clone()))?;
         Ok(ClientMetrics {
             instruments: Arc::new(Instruments {

@@ -21,7 +21,10 @@
 //! [`register_load_shed`] what load shedding refused and why.
 //!
 //! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
-//! reproduces aio-request's names, labels and buckets exactly.
+//! reproduces aio-request's names, labels and buckets exactly; and
+//! [`MetricNames::semantic_conventions`] gives OpenTelemetry's HTTP metric conventions under the
+//! names the OTel-to-Prometheus mapping gives them (`http_server_request_duration_seconds` with
+//! `http_request_method`, `http_route`, `http_response_status_code`, `error_type`).
 //!
 //! **Bounds.** Every label of every series is bounded. The client histograms have at most
 //! [`MetricsConfig::max_label_sets`] label sets each (default 2,000); past that, new
@@ -76,6 +79,7 @@ mod labels;
 #[cfg(feature = "load-shed")]
 mod load_shed;
 mod names;
+mod semconv;
 mod series;
 mod server;
 #[cfg(feature = "strategy")]
@@ -131,6 +135,15 @@ impl MetricsConfig {
     pub fn aio_request() -> Self {
         MetricsConfig {
             names: MetricNames::aio_request(),
+            ..Self::default()
+        }
+    }
+
+    /// OpenTelemetry's HTTP metric conventions as Prometheus names them
+    /// ([`MetricNames::semantic_conventions`]), the other settings at their defaults.
+    pub fn semantic_conventions() -> Self {
+        MetricsConfig {
+            names: MetricNames::semantic_conventions(),
             ..Self::default()
         }
     }

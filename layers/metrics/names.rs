@@ -1,5 +1,10 @@
-/// The names, labels and buckets of the metrics: OpenTelemetry's conventions by default, or
-/// aio-request's exactly, so that a service moving from aio-request keeps its dashboards.
+use prometheus::core::Collector;
+use prometheus::HistogramVec;
+
+/// The names, labels and buckets of the metrics: Prometheus-style names with short labels by
+/// default, aio-request's exactly (so that a service moving from aio-request keeps its
+/// dashboards), or OpenTelemetry's HTTP metric conventions as Prometheus receives them from an
+/// OpenTelemetry exporter.
 ///
 /// ```
 /// use tower_lifeline::metrics::MetricNames;
@@ -28,6 +33,8 @@ pub struct MetricNames {
     /// The client status label of calls that got no response.
     pub(crate) failure_values: FailureValues,
     pub(crate) buckets: Vec<f64>,
+    /// Split the status and destination labels at scrape time (see `semconv.rs`).
+    pub(crate) semantic_conventions: bool,
 }
 
 /// aio-request's buckets, 5 ms to 20 s.
@@ -81,7 +88,123 @@ impl MetricNames {
                 circuit_open: "circuit_open",
             },
             buckets: OPENTELEMETRY_BUCKETS.to_vec(),
+            semantic_conventions: false,
         }
+    }
+
+    /// OpenTelemetry's HTTP metric conventions under the names the OTel-to-Prometheus mapping
+    /// gives them: `http.server.request.duration` is `http_server_request_duration_seconds` with
+    /// `http_request_method`, `http_route`, `http_response_status_code` and `error_type`;
+    /// `http.client.request.duration`, which the conventions count per request sent, is the
+    /// per-attempt histogram `http_client_request_duration_seconds` with `server_address`,
+    /// `server_port`, `url_scheme`, `url_template`, `http_request_method`,
+    /// `http_response_status_code` and `error_type`. What the conventions do not cover keeps a
+    /// `tower_lifeline` prefix: the caller (`tower_lifeline_caller`, from `X-Service-Name`), and
+    /// the whole call, retries included (`tower_lifeline_client_call_duration_seconds`, with
+    /// `tower_lifeline_circuit_breaker`).
+    ///
+    /// ```
+    /// use tower_lifeline::metrics::MetricNames;
+    ///
+    /// let otel = MetricNames::semantic_conventions();
+    /// assert_eq!(otel.server_duration(), "http_server_request_duration_seconds");
+    /// assert_eq!(otel.attempt_duration(), "http_client_request_duration_seconds");
+    /// assert_eq!(otel.client_duration(), "tower_lifeline_client_call_duration_seconds");
+    /// ```
+    pub fn semantic_conventions() -> Self {
+        MetricNames {
+            server_duration: "http_server_request_duration_seconds",
+            server_help: "Duration of HTTP server requests (OpenTelemetry http.server.request.duration).",
+            server_labels: [
+                "tower_lifeline_caller",
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+            ],
+            client_duration: "tower_lifeline_client_call_duration_seconds",
+            client_help: "Duration of HTTP client calls as the caller saw them, retries included.",
+            client_labels: [
+                "server_address",
+                "http_request_method",
+                "url_template",
+                "http_response_status_code",
+                "tower_lifeline_circuit_breaker",
+            ],
+            attempt_duration: "http_client_request_duration_seconds",
+            attempt_help: "Duration of HTTP client requests, one per attempt (OpenTelemetry http.client.request.duration).",
+            attempt_labels: [
+                "server_address",
+                "http_request_method",
+                "url_template",
+                "http_response_status_code",
+            ],
+            breaker_values: ("true", "false"),
+            failure_values: FailureValues {
+                error: "error",
+                timeout: "timeout",
+                circuit_open: "circuit_open",
+            },
+            buckets: OPENTELEMETRY_BUCKETS.to_vec(),
+            semantic_conventions: true,
+        }
+    }
+
+    /// What to register for the server histogram: the vec itself, or under
+    /// [`semantic_conventions`](Self::semantic_conventions) the vec behind the collector that
+    /// splits its labels (a 5xx is an error).
+    pub(crate) fn server_collector(
+        &self,
+        vec: HistogramVec,
+    ) -> Result<Box<dyn Collector>, prometheus::Error> {
+        self.collector(
+            vec,
+            self.server_duration,
+            self.server_help,
+            &self.server_labels,
+            500,
+        )
+    }
+
+    /// As [`server_collector`](Self::server_collector), for the client's call histogram
+    /// (`attempt = false`) or attempt histogram (a 4xx is an error there).
+    pub(crate) fn client_collector(
+        &self,
+        vec: HistogramVec,
+        attempt: bool,
+    ) -> Result<Box<dyn Collector>, prometheus::Error> {
+        if attempt {
+            self.collector(
+                vec,
+                self.attempt_duration,
+                self.attempt_help,
+                &self.attempt_labels,
+                400,
+            )
+        } else {
+            self.collector(
+                vec,
+                self.client_duration,
+                self.client_help,
+                &self.client_labels,
+                400,
+            )
+        }
+    }
+
+    fn collector(
+        &self,
+        vec: HistogramVec,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        error_from: u16,
+    ) -> Result<Box<dyn Collector>, prometheus::Error> {
+        if !self.semantic_conventions {
+            return Ok(Box::new(vec));
+        }
+        let wrapped =
+            super::semconv::SemanticConventions::new(vec, name, help, labels, error_from)?;
+        Ok(Box::new(wrapped))
     }
 
     /// aio-request's names, labels, values and buckets, exactly: `aio_request_server_latency`,
@@ -124,6 +247,7 @@ impl MetricNames {
                 circuit_open: "502",
             },
             buckets: AIO_REQUEST_BUCKETS.to_vec(),
+            semantic_conventions: false,
         }
     }
 

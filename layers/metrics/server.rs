@@ -64,7 +64,7 @@ impl ServerMetrics {
             "http_server_metric_label_overflow_total",
             "Server label sets forgotten, least recently used first, to keep under their cap.",
         ))?;
-        registry.register(Box::new(duration.clone()))?;
+        registry.register(names.server_collector(duration.clone())?)?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(overflow.clone()))?;
         Ok(ServerMetrics {

@@ -13,6 +13,10 @@
 //!
 //! The layer owns these three headers: values already on the request are replaced.
 //!
+//! With the `opentelemetry` feature it also writes the W3C `traceparent` and `tracestate` of the
+//! current span (the attempt's, under the `Client` preset), with OpenTelemetry's global
+//! propagator; see the `otel` module. They go to the same destinations as the other three.
+//!
 //! # Third parties
 //!
 //! A deadline, a priority and a service name say things about the caller's internals. By default
@@ -299,6 +303,11 @@ where
             headers.remove(headers::X_REQUEST_TIMEOUT);
             headers.remove(headers::X_REQUEST_PRIORITY);
             headers.remove(headers::X_SERVICE_NAME);
+            // A trace context names the caller's trace: withheld like the rest.
+            #[cfg(feature = "opentelemetry")]
+            for name in crate::otel::TRACE_HEADERS {
+                headers.remove(name);
+            }
             return self.inner.call(req);
         }
         let inherited = RequestContext::current();
@@ -327,6 +336,9 @@ where
         if let Some(name) = &self.layer.service_name {
             headers.insert(headers::X_SERVICE_NAME, name.clone());
         }
+        // The current span's (the attempt's, under the Client preset) W3C trace context.
+        #[cfg(feature = "opentelemetry")]
+        crate::otel::inject_current(headers);
         self.inner.call(req)
     }
 }

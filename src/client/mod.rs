@@ -24,6 +24,10 @@
 //!    ([`crate::read_body::ReadBodyLayer`], so a body that fails is a failed attempt), and
 //!    hyper-util's pooled client.
 //!
+//! With the `opentelemetry` feature, a span for the whole call opens outermost and a client span
+//! for each attempt right under the strategy (see `otel`); propagation sends the attempt's
+//! `traceparent`.
+//!
 //! The same stack is available as layers for users who bring their own service: see the
 //! README's `ServiceBuilder` example.
 //!
@@ -71,6 +75,16 @@ use crate::propagation::PropagateLayer;
 use crate::read_body::{FullBody, ReadBodyLayer};
 use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
 use crate::timeout::AttemptTimeoutLayer;
+
+/// A span per call and per attempt with the `opentelemetry` feature; nothing without it.
+#[cfg(feature = "opentelemetry")]
+type CallTrace = crate::otel::ClientTraceLayer;
+#[cfg(not(feature = "opentelemetry"))]
+type CallTrace = tower::layer::util::Identity;
+#[cfg(feature = "opentelemetry")]
+type AttemptTrace = crate::otel::AttemptTraceLayer;
+#[cfg(not(feature = "opentelemetry"))]
+type AttemptTrace = tower::layer::util::Identity;
 
 /// The request body the preset sends.
 pub type ClientBody = Full<Bytes>;
@@ -473,6 +487,7 @@ impl ClientBuilder {
             .map(|settings| CircuitBreakerLayer::new(settings).return_error());
         let breakers = breaker.as_ref().map(CircuitBreakerLayer::registry);
         let stack = ServiceBuilder::new()
+            .layer(CallTrace::default())
             .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
             .layer(
                 ClientDeadlineLayer::new()
@@ -481,6 +496,7 @@ impl ClientBuilder {
                     .write_header(false),
             )
             .layer(self.strategy.clone())
+            .layer(AttemptTrace::default())
             // Above the breaker and the attempt's timer: a wait for a connection is no failure of
             // the destination, and the attempt's headers are written once it has one.
             .layer_fn(move |inner| ConnectionLimit::new(inner, limits.clone()))
