@@ -53,6 +53,11 @@ use crate::priority::{Network, ServerPriorityLayer};
 use crate::shutdown::{Drained, Shutdown};
 
 mod connections;
+#[cfg(feature = "tls")]
+mod tls;
+
+#[cfg(feature = "tls")]
+pub use tls::{InvalidServerTls, PeerCertificates, ServerTls, ServerTlsBuilder};
 
 use connections::ConnectionSettings;
 pub use connections::{
@@ -74,6 +79,8 @@ pub struct ServerBuilder {
     connections: ConnectionSettings,
     body_timeout: Duration,
     metrics_listener: Option<tokio::net::TcpListener>,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -102,6 +109,8 @@ impl Default for ServerBuilder {
             connections: ConnectionSettings::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             metrics_listener: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -164,6 +173,16 @@ impl ServerBuilder {
     /// Readiness checks for `/readyz` (draining is always one).
     pub fn health(mut self, health: Health) -> Self {
         self.health = health;
+        self
+    }
+
+    /// Serve over TLS (feature `tls`): HTTP/2 and HTTP/1.1 by ALPN, optionally mutual TLS, with
+    /// the same timeouts, cap and drain as cleartext; the handshake counts against the
+    /// header-read timeout. A separate [`metrics_listener`](Self::metrics_listener) stays
+    /// cleartext, as metrics ports usually are.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -271,6 +290,12 @@ impl ServerBuilder {
             registry,
             connections: self.connections,
             metrics_server,
+            #[cfg(feature = "tls")]
+            tls: self
+                .tls
+                .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config)),
+            #[cfg(not(feature = "tls"))]
+            tls: None,
         })
     }
 }
@@ -284,6 +309,7 @@ pub struct Server {
     registry: Registry,
     connections: ConnectionSettings,
     metrics_server: Option<(tokio::net::TcpListener, Router)>,
+    tls: Option<connections::Acceptor>,
 }
 
 /// Connections the separate metrics listener takes at once: scrapers are few.
@@ -332,13 +358,21 @@ impl Server {
             let shutdown = self.shutdown.clone();
             tokio::spawn(async move {
                 let served =
-                    connections::serve(metrics_listener, metrics_router, settings, shutdown).await;
+                    connections::serve(metrics_listener, metrics_router, settings, shutdown, None)
+                        .await;
                 if let Err(error) = served {
                     tracing::warn!(%error, "the metrics listener failed");
                 }
             });
         }
-        connections::serve(listener, self.router, self.connections, self.shutdown).await
+        connections::serve(
+            listener,
+            self.router,
+            self.connections,
+            self.shutdown,
+            self.tls,
+        )
+        .await
     }
 }
 

@@ -354,3 +354,171 @@ async fn interoperates_with_pythons_ssl_over_mutual_tls() {
     python.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod server_preset {
+    //! The `Server` preset over TLS: the same stack and connection limits, HTTP/2 and HTTP/1.1
+    //! by ALPN, mutual TLS with the caller's identity in the handler, checked with curl too.
+
+    use super::*;
+    use axum::Extension;
+    use prometheus::Registry;
+    use tower_lifeline::server::{PeerCertificates, Server, ServerTls};
+    use tower_lifeline::shutdown::Shutdown;
+
+    /// Serves `/version` and `/whoami` through the `Server` preset over TLS; returns the address
+    /// and the server's shutdown handle (dropping it does not stop the server; the test's runtime
+    /// does).
+    async fn serve(tls: ServerTls, header_read_timeout: Duration) -> (SocketAddr, Shutdown) {
+        let app = Router::new()
+            .route(
+                "/version",
+                get(|req: Request| async move { format!("{:?}", req.version()) }),
+            )
+            .route(
+                "/whoami",
+                get(|peer: Option<Extension<PeerCertificates>>| async move {
+                    match peer {
+                        Some(Extension(peer)) => peer.dns_names().join(","),
+                        None => "anonymous".to_owned(),
+                    }
+                }),
+            );
+        let server = Server::builder()
+            .registry(Registry::new())
+            .header_read_timeout(header_read_timeout)
+            .tls(tls)
+            .build(app)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = server.shutdown().clone();
+        tokio::spawn(server.serve(listener));
+        (addr, shutdown)
+    }
+
+    #[tokio::test]
+    async fn the_server_preset_speaks_http2_over_tls_with_the_whole_stack() {
+        let ca = Ca::new("private ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"], false);
+        let (addr, _server) = serve(
+            ServerTls::builder(cert, key).build().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let client = trusting(&ca).build().unwrap();
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        let response = client.get(&format!("{url}/version")).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "HTTP/2.0");
+        // The server stack is there: /healthz and /metrics answer over TLS too.
+        let health = client.get(&format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let metrics = client.get(&format!("{url}/metrics")).send().await.unwrap();
+        assert!(metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("http_server_request_duration_seconds"));
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_gives_the_handler_the_callers_verified_name() {
+        let ca = Ca::new("private ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"], false);
+        let tls = ServerTls::builder(cert, key)
+            .client_ca_pem(ca.pem())
+            .build()
+            .unwrap();
+        let (addr, _server) = serve(tls, Duration::from_secs(5)).await;
+        let url = format!("https://127.0.0.1:{}/whoami", addr.port());
+        let (chain, key) = ca.issue(&["checkout.internal"], false);
+        let client = trusting(&ca)
+            .tls_client_identity_pem(chain, key)
+            .build()
+            .unwrap();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "checkout.internal");
+        // No certificate, no service.
+        assert!(trusting(&ca)
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .is_err());
+        // A certificate of another CA, neither.
+        let stranger = Ca::new("stranger");
+        let (chain, key) = stranger.issue(&["checkout.internal"], false);
+        let impostor = trusting(&ca)
+            .tls_client_identity_pem(chain, key)
+            .build()
+            .unwrap();
+        assert!(impostor.get(&url).send().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_completes_its_handshake_is_closed_at_the_header_timeout() {
+        use tokio::io::AsyncReadExt;
+        let ca = Ca::new("private ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"], false);
+        let (addr, _server) = serve(
+            ServerTls::builder(cert, key).build().unwrap(),
+            Duration::from_millis(300),
+        )
+        .await;
+        // Connects and says nothing: no ClientHello.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buffer))
+            .await
+            .expect("the server closes it long before 5 s");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn curl_speaks_to_the_server_preset_over_mutual_tls_and_http1() {
+        let ca = Ca::new("private ca");
+        let (cert, key) = ca.issue(&["127.0.0.1"], false);
+        let tls = ServerTls::builder(cert, key)
+            .client_ca_pem(ca.pem())
+            .build()
+            .unwrap();
+        let (addr, _server) = serve(tls, Duration::from_secs(5)).await;
+        let dir = std::env::temp_dir().join(format!("lifeline-curl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (chain, key) = ca.issue(&["curl.internal"], false);
+        for (name, text) in [
+            ("ca.pem", ca.pem()),
+            ("client.pem", chain),
+            ("client.key", key),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let curl = |path: &str, http1: bool| {
+            let mut command = tokio::process::Command::new("curl");
+            command
+                .args(["--silent", "--show-error", "--max-time", "10"])
+                .arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("client.pem"))
+                .arg("--key")
+                .arg(dir.join("client.key"));
+            if http1 {
+                command.arg("--http1.1");
+            }
+            command.arg(format!("https://127.0.0.1:{}{path}", addr.port()));
+            command.output()
+        };
+        let out = curl("/whoami", true)
+            .await
+            .expect("curl is on every machine of this kind");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "curl.internal");
+        let out = curl("/version", true).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "HTTP/1.1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

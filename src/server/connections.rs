@@ -204,6 +204,7 @@ pub(crate) async fn serve(
     router: Router,
     settings: ConnectionSettings,
     shutdown: Shutdown,
+    tls: Option<Acceptor>,
 ) -> std::io::Result<Drained> {
     let builder = Arc::new(hyper_builder(&settings));
     let connections = Arc::new(Connections {
@@ -230,7 +231,7 @@ pub(crate) async fn serve(
                             drop(stream);
                             continue;
                         }
-                        spawn_connection(stream, peer, &router, &builder, &connections);
+                        spawn_connection(stream, peer, &router, &builder, &connections, tls.clone());
                     }
                     Err(error) => {
                         // Usually EMFILE: free a descriptor if an idle connection holds one.
@@ -280,12 +281,21 @@ fn hyper_builder(settings: &ConnectionSettings) -> auto::Builder<TokioExecutor> 
     builder
 }
 
+/// What turns an accepted stream into a TLS one: rustls's acceptor with the `tls` feature, and
+/// a type with no value without it.
+#[cfg(feature = "tls")]
+pub(crate) type Acceptor = tokio_rustls::TlsAcceptor;
+/// What turns an accepted stream into a TLS one: none without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Acceptor = Infallible;
+
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: &Router,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     connections: &Arc<Connections>,
+    tls: Option<Acceptor>,
 ) {
     // Small requests and responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
@@ -301,24 +311,84 @@ fn spawn_connection(
         router: router.clone(),
         connection: connection.clone(),
         peer,
+        #[cfg(feature = "tls")]
+        peer_certificates: None,
     };
     let builder = builder.clone();
-    let stopping = connections.stopping.subscribe();
+    // Mutable for the TLS handshake, which waits on it too.
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut stopping = connections.stopping.subscribe();
     let settings = connections.settings;
     tokio::spawn(async move {
         let _open = open;
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = tls {
+            let Some(stream) =
+                handshake(acceptor, stream, &connection, &mut stopping, settings).await
+            else {
+                return;
+            };
+            let service = ConnectionService {
+                peer_certificates: stream.get_ref().1.peer_certificates().map(|chain| {
+                    super::tls::PeerCertificates(
+                        chain.iter().map(|c| c.clone().into_owned()).collect(),
+                    )
+                }),
+                ..service
+            };
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            supervise(served, &connection, stopping, settings).await;
+            return;
+        }
+        #[cfg(not(feature = "tls"))]
+        if let Some(never) = tls {
+            match never {}
+        }
         let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         supervise(served, &connection, stopping, settings).await;
     });
 }
 
+/// The TLS handshake of a new connection, within the header-read timeout (a stalled handshake
+/// holds a connection as a stalled request head does), given up when the drain starts or the
+/// connection is evicted at the cap.
+#[cfg(feature = "tls")]
+async fn handshake(
+    acceptor: Acceptor,
+    stream: TcpStream,
+    connection: &Connection,
+    stopping: &mut watch::Receiver<bool>,
+    settings: ConnectionSettings,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    tokio::select! {
+        biased;
+        () = connection.evict.notified() => None,
+        _ = stopping.wait_for(|stopping| *stopping) => None,
+        handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)) => {
+            match handshake {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("no TLS handshake within the header-read timeout: closing");
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Drives one connection to its end, closing it early as the module docs say.
-async fn supervise(
-    served: auto::UpgradeableConnection<'_, TokioIo<TcpStream>, ConnectionService, TokioExecutor>,
+async fn supervise<I>(
+    served: auto::UpgradeableConnection<'_, TokioIo<I>, ConnectionService, TokioExecutor>,
     connection: &Connection,
     mut stopping: watch::Receiver<bool>,
     settings: ConnectionSettings,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut served = pin!(served);
     let accepted = Instant::now();
     let mut closing = false;
@@ -389,6 +459,9 @@ struct ConnectionService {
     router: Router,
     connection: Arc<Connection>,
     peer: SocketAddr,
+    /// The caller's verified certificate chain (mutual TLS), given to each request.
+    #[cfg(feature = "tls")]
+    peer_certificates: Option<super::tls::PeerCertificates>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -401,6 +474,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         self.connection.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(self.connection.clone());
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &self.peer_certificates {
+            req.extensions_mut().insert(certificates.clone());
+        }
         ConnectionFuture {
             inner: Oneshot::new(self.router.clone(), req.map(Body::new)),
             guard: Some(guard),
