@@ -3,7 +3,7 @@
 //! - [`AttemptTimeoutLayer`] (client) limits each attempt to the shorter of its configured
 //!   timeout and the time left before the call's [`Deadline`] (the one the
 //!   [client deadline layer](crate::deadline::ClientDeadlineLayer) leaves in the request's
-//!   extensions, else the task-local [`RequestContext`]'s). It sits under the strategy layer, so
+//!   extensions, else the task-local [`RequestContext`](crate::RequestContext)'s). It sits under the strategy layer, so
 //!   each attempt gets its own limit (Polly's attempt timeout) while the deadline layer above is
 //!   the total timeout. It replaces the request's `Deadline` extension with the attempt's, so the
 //!   [propagation layer](crate::propagation) below sends the server the attempt's budget. On
