@@ -522,3 +522,42 @@ mod server_preset {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[tokio::test]
+async fn the_breaker_opens_on_a_destination_whose_handshakes_fail() {
+    use tower_lifeline::circuit_breaker::{CircuitBreakerSettings, CircuitState};
+    let ca = Ca::new("private ca");
+    let stranger = Ca::new("stranger");
+    let addr = tls_server(stranger.issue(&["127.0.0.1"], false), None).await;
+    let client = trusting(&ca)
+        .circuit_breaker(Some(
+            CircuitBreakerSettings::builder()
+                .consecutive_failures(3)
+                .break_duration(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    // Each failed handshake never left: resent up to three sends, each counted by the breaker.
+    let first = client.get(&url).send().await.unwrap_err();
+    assert!(
+        matches!(
+            outcome_of_error(first.as_ref()),
+            Outcome::NotSent | Outcome::Refused
+        ),
+        "{first:?}"
+    );
+    let scope = format!("https://127.0.0.1:{}", addr.port());
+    assert_eq!(
+        client.breakers().unwrap().state(&scope),
+        Some(CircuitState::Open)
+    );
+    let refused = client.get(&url).send().await.unwrap_err();
+    assert_eq!(
+        outcome_of_error(refused.as_ref()),
+        Outcome::Refused,
+        "{refused:?}"
+    );
+}
