@@ -459,23 +459,10 @@ async fn refusing_h2_server() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn a_post_on_a_refused_http2_stream_is_sent_again_and_processed_once() {
     let (addr, processed) = refusing_h2_server().await;
-    let strategy = StrategyLayer::new();
-    let stats = strategy.stats();
-    let client = Client::builder()
-        .http2_only(true)
-        .strategy(strategy)
-        .build()
-        .unwrap();
-    let response = client
-        .post(&format!("http://{addr}/orders"))
-        .body("{\"order\": 7}")
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let (result, resends) = post_over_http2(addr).await;
+    assert_eq!(result.unwrap().status(), StatusCode::OK);
     assert_eq!(processed.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.snapshot().retries, 1, "{:?}", stats.snapshot());
+    assert_eq!(resends, 1);
 }
 
 #[tokio::test]
@@ -590,10 +577,13 @@ async fn goaway_server(last_stream_id: u32, code: u32) -> (SocketAddr, Arc<Atomi
     (addr, answered)
 }
 
-#[tokio::test]
-async fn a_post_left_unprocessed_by_a_graceful_goaway_is_sent_again() {
-    // GOAWAY(last_stream_id = 0, NO_ERROR): stream 1 was never processed.
-    let (addr, answered) = goaway_server(0, 0).await;
+/// A POST without Idempotency-Key over HTTP/2 to `addr`: its result and the resends it took.
+async fn post_over_http2(
+    addr: SocketAddr,
+) -> (
+    Result<tower_lifeline::client::ClientResponse, BoxError>,
+    u64,
+) {
     let strategy = StrategyLayer::new();
     let stats = strategy.stats();
     let client = Client::builder()
@@ -601,16 +591,24 @@ async fn a_post_left_unprocessed_by_a_graceful_goaway_is_sent_again() {
         .strategy(strategy)
         .build()
         .unwrap();
-    let response = client
+    let result = client
         .post(&format!("http://{addr}/orders"))
         .body("{\"order\": 7}")
         .timeout(Duration::from_secs(5))
         .send()
-        .await
-        .unwrap_or_else(|err| panic!("{err:?}"));
+        .await;
+    (result, stats.snapshot().retries)
+}
+
+#[tokio::test]
+async fn a_post_left_unprocessed_by_a_graceful_goaway_is_sent_again() {
+    // GOAWAY(last_stream_id = 0, NO_ERROR): stream 1 was never processed.
+    let (addr, answered) = goaway_server(0, 0).await;
+    let (result, resends) = post_over_http2(addr).await;
+    let response = result.unwrap_or_else(|err| panic!("{err:?}"));
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(answered.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.snapshot().retries, 1);
+    assert_eq!(resends, 1);
 }
 
 #[tokio::test]
@@ -619,22 +617,10 @@ async fn a_post_the_server_may_have_processed_before_an_error_goaway_is_not_sent
     // reports this stream's end as a broken pipe; were it reported as the GOAWAY itself, the
     // classifier's NO_ERROR condition is what keeps it from being resent.)
     let (addr, answered) = goaway_server(1, 2).await;
-    let strategy = StrategyLayer::new();
-    let stats = strategy.stats();
-    let client = Client::builder()
-        .http2_only(true)
-        .strategy(strategy)
-        .build()
-        .unwrap();
-    let err = client
-        .post(&format!("http://{addr}/orders"))
-        .body("{\"order\": 7}")
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap_err();
+    let (result, resends) = post_over_http2(addr).await;
+    let err = result.unwrap_err();
     assert_eq!(outcome_of_error(err.as_ref()), Outcome::Failure, "{err:?}");
-    assert_eq!(stats.snapshot().retries, 0);
+    assert_eq!(resends, 0);
     assert_eq!(answered.load(Ordering::SeqCst), 0);
 }
 
@@ -668,22 +654,10 @@ async fn a_post_whose_stream_is_refused_after_its_head_arrived_is_not_sent_again
             });
         }
     });
-    let strategy = StrategyLayer::new();
-    let stats = strategy.stats();
-    let client = Client::builder()
-        .http2_only(true)
-        .strategy(strategy)
-        .build()
-        .unwrap();
-    let err = client
-        .post(&format!("http://{addr}/orders"))
-        .body("{\"order\": 7}")
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap_err();
+    let (result, resends) = post_over_http2(addr).await;
+    let err = result.unwrap_err();
     assert_eq!(outcome_of_error(err.as_ref()), Outcome::Failure, "{err:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.snapshot().retries, 0);
+    assert_eq!(resends, 0);
 }

@@ -163,13 +163,7 @@ async fn https_to_a_private_ca_negotiates_http2_by_alpn() {
 async fn a_server_of_another_ca_is_refused_and_the_request_never_left() {
     let ca = Ca::new("private ca");
     let other = Ca::new("someone else");
-    let addr = tls_server(other.issue(&["127.0.0.1"], false), None).await;
-    let client = trusting(&ca).build().unwrap();
-    let err = client
-        .get(&format!("https://127.0.0.1:{}/", addr.port()))
-        .send()
-        .await
-        .unwrap_err();
+    let err = call_refused(&ca, other.issue(&["127.0.0.1"], false)).await;
     assert_eq!(outcome_of_error(err.as_ref()), Outcome::NotSent, "{err:?}");
     assert!(
         matches!(
@@ -180,17 +174,22 @@ async fn a_server_of_another_ca_is_refused_and_the_request_never_left() {
     );
 }
 
-#[tokio::test]
-async fn an_expired_certificate_is_refused() {
-    let ca = Ca::new("private ca");
-    let addr = tls_server(ca.issue(&["127.0.0.1"], true), None).await;
-    let err = trusting(&ca)
+/// The error of a call, trusting `ca`, to a server presenting `certificate`.
+async fn call_refused(ca: &Ca, certificate: (String, String)) -> tower_lifeline::BoxError {
+    let addr = tls_server(certificate, None).await;
+    trusting(ca)
         .build()
         .unwrap()
         .get(&format!("https://127.0.0.1:{}/", addr.port()))
         .send()
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let ca = Ca::new("private ca");
+    let err = call_refused(&ca, ca.issue(&["127.0.0.1"], true)).await;
     assert!(
         matches!(
             tls_error(&err),
@@ -205,14 +204,7 @@ async fn an_expired_certificate_is_refused() {
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     let ca = Ca::new("private ca");
-    let addr = tls_server(ca.issue(&["inventory.internal"], false), None).await;
-    let err = trusting(&ca)
-        .build()
-        .unwrap()
-        .get(&format!("https://127.0.0.1:{}/", addr.port()))
-        .send()
-        .await
-        .unwrap_err();
+    let err = call_refused(&ca, ca.issue(&["inventory.internal"], false)).await;
     assert!(
         matches!(
             tls_error(&err),

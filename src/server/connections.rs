@@ -15,6 +15,10 @@
 //! - on the drain, asks hyper to close gracefully (idle HTTP/1 connections close at once,
 //!   HTTP/2 ones get a GOAWAY) and closes at once a connection that never sent a whole request:
 //!   a half-sent request line must not hold the shutdown for its grace period.
+//!
+//! Over TLS (feature `tls`, [`ServerBuilder::tls`](super::ServerBuilder::tls)) the handshake comes
+//! first, within the header-read timeout, and ends when the drain starts or the connection is
+//! chosen to make room at the cap; then the connection is served and supervised as above.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
