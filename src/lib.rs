@@ -9,7 +9,8 @@
 //! - **priority propagation** ([`priority`], [`propagation`]) in `X-Request-Priority`;
 //! - **request strategies** ([`strategy`]): single attempt, sequential retries with backoff and
 //!   `Retry-After`, parallel (hedged) attempts with fixed or percentile-based delays, under a
-//!   retry budget, never sending a non-idempotent request twice;
+//!   retry budget, never sending a non-idempotent request that reached a server twice unless its
+//!   caller asked; each attempt judged into one [`Outcome`] that every client layer reads;
 //! - **load shedding** ([`load_shed`]) by priority and remaining deadline, under a concurrency
 //!   limit found from latency (or a fixed capacity);
 //! - **graceful shutdown** ([`shutdown`]) and **health checks** ([`health`]);

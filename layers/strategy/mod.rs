@@ -1,5 +1,6 @@
 //! Request strategies: one attempt, sequential retries, or hedged parallel attempts, under a
-//! retry budget, never sending a non-idempotent request twice.
+//! retry budget, never sending a non-idempotent request that reached a server twice unless its
+//! caller asked for it.
 //!
 //! [`StrategyLayer`] is aio-request's `single_attempt_strategy`, `sequential_strategy`,
 //! `parallel_strategy`, `retry_until_deadline_expired` and `MethodBasedStrategy` as one tower
