@@ -13,7 +13,8 @@
 //!
 //! Errors are judged by [`outcome_of_error`], which finds the typed errors of the stack:
 //!
-//! - the request never left ([`Outcome::NotSent`]): a connect error (refused, timed out, DNS),
+//! - the request never left ([`Outcome::NotSent`]): a connect error of hyper-util or reqwest
+//!   (refused, timed out, DNS, a TLS handshake),
 //!   `ECONNREFUSED`, an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`)
 //!   or left unprocessed (above the last stream id of a graceful `GOAWAY`);
 //! - no connection free in time ([`Outcome::NotSentLocally`]): the `Client` preset's
@@ -109,6 +110,10 @@ fn never_left(error: &(dyn Error + 'static)) -> bool {
             && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
                 || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
     }) {
+        return true;
+    }
+    #[cfg(feature = "reqwest")]
+    if find_source::<reqwest::Error>(error).is_some_and(reqwest::Error::is_connect) {
         return true;
     }
     find_source::<std::io::Error>(error)

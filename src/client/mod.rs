@@ -91,14 +91,19 @@ pub type ClientBody = Full<Bytes>;
 
 mod pool;
 mod redirect;
+#[cfg(feature = "reqwest")]
+mod reqwest_transport;
 #[cfg(feature = "tls")]
 mod tls;
+
+#[cfg(feature = "reqwest")]
+pub use reqwest_transport::{ReqwestFuture, ReqwestTransport};
 
 /// The rustls crate the `Client` preset's TLS settings take, for [`ClientBuilder::tls_config`].
 #[cfg(feature = "tls")]
 pub use rustls;
 
-use pool::{ConnectionLimit, ConnectionLimits};
+use pool::{ConnectionLimitLayer, ConnectionLimits};
 pub use pool::{PoolTimeout, MAX_DESTINATIONS};
 use redirect::Resend;
 pub use redirect::{TooManyRedirects, DEFAULT_MAX_REDIRECTS};
@@ -193,7 +198,16 @@ pub struct ClientBuilder {
     propagate: PropagateLayer,
     #[cfg(feature = "tls")]
     tls: tls::TlsSettings,
+    /// The user's reqwest client, when the preset sends through it; always `None` without the
+    /// `reqwest` feature.
+    reqwest: Option<ReqwestClient>,
 }
+
+#[cfg(feature = "reqwest")]
+type ReqwestClient = reqwest::Client;
+/// No reqwest client can exist without the feature.
+#[cfg(not(feature = "reqwest"))]
+type ReqwestClient = std::convert::Infallible;
 
 /// The default bound on connections to one destination (httpx's `max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: usize = 100;
@@ -227,6 +241,7 @@ impl Default for ClientBuilder {
             propagate: PropagateLayer::new(),
             #[cfg(feature = "tls")]
             tls: tls::TlsSettings::default(),
+            reqwest: None,
         }
     }
 }
@@ -359,6 +374,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Send through the user's own `reqwest::Client` instead of the preset's hyper-util pool
+    /// (feature `reqwest`): its TLS roots, proxies, cookies, compression and pool settings carry
+    /// over, and the preset's own transport settings (`connect_timeout`, `pool_*`,
+    /// `http2_only`, `tls_*`) do not apply. Every layer of the stack, the per-destination
+    /// connection bound and the body read inside the attempt included, works as over hyper-util.
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest(mut self, client: reqwest::Client) -> Self {
+        self.reqwest = Some(client);
+        self
+    }
+
     /// How long connecting may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -479,14 +505,13 @@ impl ClientBuilder {
         let pooled = connect(pool, http, self.http2_only, self.tls.client_config()?);
         #[cfg(not(feature = "tls"))]
         let pooled = connect(pool, http, self.http2_only);
-        let transport = ReadBodyLayer::new(self.max_response_body).layer(pooled);
         let limits = ConnectionLimits::new(self.max_connections_per_host, self.pool_timeout);
 
         let breaker = self
             .breaker
             .map(|settings| CircuitBreakerLayer::new(settings).return_error());
         let breakers = breaker.as_ref().map(CircuitBreakerLayer::registry);
-        let stack = ServiceBuilder::new()
+        let layers = ServiceBuilder::new()
             .layer(CallTrace::default())
             .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
             .layer(
@@ -499,7 +524,7 @@ impl ClientBuilder {
             .layer(AttemptTrace::default())
             // Above the breaker and the attempt's timer: a wait for a connection is no failure of
             // the destination, and the attempt's headers are written once it has one.
-            .layer_fn(move |inner| ConnectionLimit::new(inner, limits.clone()))
+            .layer(ConnectionLimitLayer::new(limits))
             .option_layer(breaker)
             .option_layer(self.attempt_timeout.map(AttemptTimeoutLayer::new))
             .option_layer(self.metrics.as_ref().map(ClientMetrics::attempt_layer))
@@ -515,10 +540,22 @@ impl ClientBuilder {
                         Request::from_parts(parts, body)
                     },
                 )
-            }))
-            .service(transport);
+            }));
+        let read_body = ReadBodyLayer::new(self.max_response_body);
+        let stack = match self.reqwest {
+            // The user's own reqwest client: their TLS, proxies and pool settings apply.
+            #[cfg(feature = "reqwest")]
+            Some(client) => BoxCloneSyncService::new(
+                layers
+                    .service(read_body.layer(ReqwestTransport::new(client)))
+                    .map_err(Into::into),
+            ),
+            _ => BoxCloneSyncService::new(
+                layers.service(read_body.layer(pooled)).map_err(Into::into),
+            ),
+        };
         Ok(Client {
-            stack: BoxCloneSyncService::new(stack.map_err(Into::into)),
+            stack,
             base,
             default_headers,
             breakers,

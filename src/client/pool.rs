@@ -126,6 +126,26 @@ impl ConnectionLimits {
     }
 }
 
+/// Makes [`ConnectionLimit`]s that share one set of bounds.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLimitLayer {
+    limits: Arc<ConnectionLimits>,
+}
+
+impl ConnectionLimitLayer {
+    pub(crate) fn new(limits: Arc<ConnectionLimits>) -> Self {
+        ConnectionLimitLayer { limits }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ConnectionLimitLayer {
+    type Service = ConnectionLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConnectionLimit::new(inner, self.limits.clone())
+    }
+}
+
 /// Holds a connection permit of the request's destination around the inner call.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimit<S> {
