@@ -21,8 +21,10 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 
-/// A `reqwest::Client` as a tower service of `http` requests and responses. See the
-/// [module docs](self).
+/// A `reqwest::Client` as a tower service of `http` requests and responses: request bodies
+/// (a [`ReplayBody`](crate::body::ReplayBody) included) go in as they are, responses come out
+/// with reqwest's body, errors stay reqwest's (the classifier reads `is_connect`). The `Client`
+/// preset uses it through [`ClientBuilder::reqwest`](super::ClientBuilder::reqwest).
 ///
 /// ```no_run
 /// use http_body_util::Full;
