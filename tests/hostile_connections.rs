@@ -221,6 +221,29 @@ async fn at_the_connection_cap_idle_connections_make_room_for_new_ones() {
 }
 
 #[tokio::test]
+async fn at_the_cap_with_every_connection_busy_a_new_one_is_closed_at_once() {
+    const CAP: usize = 5;
+    let running = start(builder().max_connections(CAP)).await;
+    let mut busy = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = TcpStream::connect(running.addr).await.unwrap();
+        stream
+            .write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = TcpStream::connect(running.addr).await.unwrap();
+    let closed = closed_within(&mut refused, Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "a connection past the cap is closed");
+    for stream in &mut busy {
+        let still_open = closed_within(stream, Duration::from_millis(20)).await;
+        assert!(still_open.is_none(), "busy connections are never the ones closed");
+    }
+}
+
+#[tokio::test]
 async fn a_half_sent_request_line_does_not_hold_the_drain() {
     let running = start(builder()).await;
     let mut half = TcpStream::connect(running.addr).await.unwrap();
