@@ -239,7 +239,10 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_is_closed_at_once() {
     assert!(closed.is_some(), "a connection past the cap is closed");
     for stream in &mut busy {
         let still_open = closed_within(stream, Duration::from_millis(20)).await;
-        assert!(still_open.is_none(), "busy connections are never the ones closed");
+        assert!(
+            still_open.is_none(),
+            "busy connections are never the ones closed"
+        );
     }
 }
 

@@ -37,6 +37,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Settings of the adaptive limit. The defaults suit most servers: nothing needs configuring.
+///
+/// ```
+/// use tower_lifeline::load_shed::{AdaptiveLimit, LoadShedLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let shed = LoadShedLayer::adaptive();
+/// assert_eq!(shed.stats().limit, 20, "where it starts; it moves with the latency it sees");
+/// let bigger = LoadShedLayer::adaptive_with(AdaptiveLimit::new().initial_limit(200));
+/// assert_eq!(bigger.stats().limit, 200);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveLimit {
     initial: usize,
