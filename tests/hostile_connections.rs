@@ -522,3 +522,58 @@ async fn metrics_on_a_listener_of_their_own_and_the_status_recorded_is_the_one_s
     );
     assert!(!text.contains(r#"status="100""#), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2c_connection_runs_at_most_the_configured_streams_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let entered = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/held",
+            get(
+                |axum::extract::State(entered): axum::extract::State<Arc<AtomicUsize>>| async move {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    "never"
+                },
+            ),
+        )
+        .with_state(entered.clone());
+    let server = builder()
+        .http2_max_concurrent_streams(10)
+        .build(app)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let requests: Vec<_> = (0..30)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let request = Request::get(format!("http://{addr}/held"))
+                .body(Full::default())
+                .unwrap();
+            tokio::spawn(async move { sender.send_request(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        10,
+        "the other 20 wait for a stream"
+    );
+    for request in requests {
+        request.abort();
+    }
+    serving.abort();
+}
