@@ -11,9 +11,11 @@
 //!   `gradient = min_rtt * (1 + buffer) / sample`, clamped to `[0.5, 2]`, and
 //!   `limit = gradient * limit + sqrt(limit)` (the square root is headroom for bursts), a fall
 //!   smoothed as Gradient2 smooths (a fifth of the way each update), a rise not;
-//! - the limit grows only when it has turned someone away since the last update: a server
-//!   that is not limiting has no evidence it could take more (Gradient2 leaves an
-//!   "app-limited" limit alone the same way), so a quiet hour does not leave it wide open;
+//! - the limit moves only when it has turned someone away since the last update: a server
+//!   that is not limiting has no evidence it could take more, so a quiet hour does not leave it
+//!   wide open (Gradient2 leaves an "app-limited" limit alone the same way); nor does it shrink
+//!   then, for latency that is not a queue in front of the handlers (a busy CPU under a fast
+//!   handler would drive it to the floor; the e2e bench did, before this rule);
 //! - the minimum is measured at start (at the initial limit) and again every 30 s at half the
 //!   current limit (at least the floor), for 20 samples or 1 s, after which the limit goes back
 //!   where it was. Envoy drops to its floor instead; half is gentler on a server whose limit is
@@ -277,6 +279,15 @@ impl Controller {
                     };
                     return;
                 }
+                if !limited {
+                    // Turning nobody away: the limit is not what holds the server back. Growing
+                    // it has no evidence behind it, and shrinking it would answer latency that
+                    // is not queueing in front of the handlers (a busy CPU, a slow dependency):
+                    // a fast handler on a loaded machine would be driven to the floor. If
+                    // latency grows, requests in flight grow with it (Little's law) until the
+                    // limit binds, and then it moves.
+                    return;
+                }
                 let (Some(min_rtt), Some(average)) = (estimator.min_rtt, total.checked_div(count))
                 else {
                     return;
@@ -294,10 +305,6 @@ impl Controller {
                     next = limit + (next - limit) * SMOOTHING;
                     // The limit is whole: a fall smaller than one request must still count.
                     next = next.floor();
-                }
-                if !limited {
-                    // Not limiting anyone: no evidence the server could take more.
-                    next = next.min(limit);
                 }
                 self.limit.store(settings.clamp(next), Ordering::Relaxed);
             }
@@ -411,6 +418,33 @@ mod tests {
         assert_eq!(controller.limit(), before, "seven samples are not a window");
         let stored = controller.window_samples.load(Ordering::Relaxed);
         assert_eq!(stored, 7, "kept for the window that has enough");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_that_turns_nobody_away_does_not_shrink_for_a_slow_machine_either() {
+        let controller = Controller::new(AdaptiveLimit::new());
+        let mut shed = 0;
+        // Measured quiet: 50 microseconds a request.
+        feed(
+            &controller,
+            2,
+            30,
+            false,
+            |_| Duration::from_micros(50),
+            &mut shed,
+        )
+        .await;
+        // Then the CPU is busy and every request takes a millisecond, with nobody turned away.
+        feed(
+            &controller,
+            50,
+            30,
+            false,
+            |_| Duration::from_millis(1),
+            &mut shed,
+        )
+        .await;
+        assert_eq!(controller.limit(), 20);
     }
 
     #[tokio::test(start_paused = true)]
