@@ -8,7 +8,10 @@
 //! Servers on 127.0.0.1, each serving `GET /hello`:
 //! - `bare axum`: the router alone;
 //! - `tower-lifeline`: the same router in the `Server` preset (drain, metrics, deadline,
-//!   priority, load shedding; plus `/metrics` and the probes beside it);
+//!   priority, body timeout, load shedding; plus `/metrics` and the probes beside it), served by
+//!   `axum::serve`;
+//! - `tower-lifeline, Server::serve`: the same, served by the preset's own connections
+//!   (hyper-util with a timer, the connection cap and its supervisor task per connection);
 //! - `axum-prometheus`: the same router with axum-prometheus's metric layer.
 //!
 //! The load generator keeps C HTTP/1.1 keep-alive connections busy (one request at a time on
@@ -259,6 +262,15 @@ fn main() {
             .build(app())
             .expect("server stack");
         let ours = serve(server.router()).await;
+        let preset = Server::builder()
+            .registry(prometheus::Registry::new())
+            .build(app())
+            .expect("server stack");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let preset_addr = listener.local_addr().expect("local address");
+        tokio::spawn(preset.serve(listener));
         let (prometheus_layer, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
         let axum_prometheus = serve(app().layer(prometheus_layer)).await;
 
@@ -266,10 +278,11 @@ fn main() {
             "e2e: {} rounds of {} s per variant, {} connections, HTTP/1.1 keep-alive, loopback",
             options.rounds, options.secs, options.connections
         );
-        let servers = [bare, ours, axum_prometheus];
+        let servers = [bare, ours, preset_addr, axum_prometheus];
         let names = [
             "bare axum",
             "tower-lifeline server stack",
+            "tower-lifeline, Server::serve",
             "axum-prometheus",
         ];
         let mut tallies: Vec<Tally> = servers.iter().map(|_| Tally::default()).collect();

@@ -16,6 +16,8 @@
 //! - `idle`: connections that send nothing;
 //! - `labels`: requests with invented `X-Service-Name` values, paths and statuses, while a
 //!   caller named `billing` keeps calling; then the size of `/metrics` (`--metrics-addr`);
+//! - `scrapers`: `--count` connections asking for `/metrics` (`--metrics-addr`) in a loop, after
+//!   4,000 invented labels have filled it;
 //! - `sigterm`: a half-sent request line held open, then SIGTERM to `--server-pid` (and a second
 //!   one with `--twice`): how long until the server is gone.
 //!
@@ -399,6 +401,40 @@ async fn labels(o: &Options) {
     );
 }
 
+async fn scrapers(o: &Options) {
+    let fill = Options {
+        count: 4_000,
+        metrics_addr: o.metrics_addr,
+        attack: String::new(),
+        priority: String::new(),
+        ..*o
+    };
+    labels(&fill).await;
+    let until = Instant::now() + o.duration;
+    let metrics = o.metrics_addr.unwrap_or(o.addr);
+    let scraped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for _ in 0..o.count {
+        let scraped = scraped.clone();
+        tokio::spawn(async move {
+            while Instant::now() < until {
+                let (status, _) = probe(metrics, "/metrics", "").await;
+                if status == Some(200) {
+                    scraped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+    }
+    probing(o.addr, "/hello", String::new(), until).await;
+    println!(
+        "{} scrapers: {} scrapes answered in {:?}",
+        o.count,
+        scraped.load(std::sync::atomic::Ordering::Relaxed),
+        o.duration
+    );
+}
+
 async fn sigterm(o: &Options) {
     let Some(pid) = o.server_pid else {
         println!("--server-pid is needed");
@@ -452,6 +488,7 @@ async fn main() -> Result<(), String> {
         "h2c-bodies" => h2c_bodies(&o).await,
         "labels" => labels(&o).await,
         "sigterm" => sigterm(&o).await,
+        "scrapers" => scrapers(&o).await,
         other => return Err(format!("unknown attack {other:?}; see the source's docs")),
     }
     Ok(())

@@ -327,7 +327,11 @@ impl Server {
         ServerBuilder::default()
     }
 
-    /// The wrapped router, to serve in any way axum allows.
+    /// The wrapped router, to serve in any way axum allows. Served that way it keeps every
+    /// layer (the body timeout included) but none of [`serve`](Self::serve)'s connection limits:
+    /// header-read and idle timeouts, the connection cap, HTTP/2 bounds, closing idle connections
+    /// at the drain. It has no `/metrics` when they have a
+    /// [listener of their own](ServerBuilder::metrics_listener).
     pub fn router(&self) -> Router {
         self.router.clone()
     }

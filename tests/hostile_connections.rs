@@ -221,6 +221,32 @@ async fn at_the_connection_cap_idle_connections_make_room_for_new_ones() {
 }
 
 #[tokio::test]
+async fn at_the_cap_with_every_connection_busy_a_new_one_is_closed_at_once() {
+    const CAP: usize = 5;
+    let running = start(builder().max_connections(CAP)).await;
+    let mut busy = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = TcpStream::connect(running.addr).await.unwrap();
+        stream
+            .write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = TcpStream::connect(running.addr).await.unwrap();
+    let closed = closed_within(&mut refused, Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "a connection past the cap is closed");
+    for stream in &mut busy {
+        let still_open = closed_within(stream, Duration::from_millis(20)).await;
+        assert!(
+            still_open.is_none(),
+            "busy connections are never the ones closed"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_half_sent_request_line_does_not_hold_the_drain() {
     let running = start(builder()).await;
     let mut half = TcpStream::connect(running.addr).await.unwrap();
@@ -495,4 +521,59 @@ async fn metrics_on_a_listener_of_their_own_and_the_status_recorded_is_the_one_s
         "{text}"
     );
     assert!(!text.contains(r#"status="100""#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2c_connection_runs_at_most_the_configured_streams_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let entered = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/held",
+            get(
+                |axum::extract::State(entered): axum::extract::State<Arc<AtomicUsize>>| async move {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    "never"
+                },
+            ),
+        )
+        .with_state(entered.clone());
+    let server = builder()
+        .http2_max_concurrent_streams(10)
+        .build(app)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(listener));
+
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let requests: Vec<_> = (0..30)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let request = Request::get(format!("http://{addr}/held"))
+                .body(Full::default())
+                .unwrap();
+            tokio::spawn(async move { sender.send_request(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        10,
+        "the other 20 wait for a stream"
+    );
+    for request in requests {
+        request.abort();
+    }
+    serving.abort();
 }

@@ -3,13 +3,15 @@
 //!
 //! [`LoadShedLayer`] limits how many requests run at once and admits each by the
 //! [`Priority`] in its [`RequestContext`] (put there by the
-//! [priority layer](crate::priority), so this layer sits inside it):
+//! [priority layer](crate::priority), so this layer sits inside it). The limit is either
+//! adaptive ([`LoadShedLayer::adaptive`], the `Server` preset's default: found from the
+//! requests' latency, see [`AdaptiveLimit`]) or a fixed capacity ([`LoadShedLayer::new`]):
 //!
-//! - `Low` is admitted while fewer than the low limit are in flight (half the capacity by
+//! - `Low` is admitted while fewer than the low limit are in flight (half the limit by
 //!   default);
-//! - `Normal` while fewer than the normal limit are (the capacity minus a fifth reserved for
+//! - `Normal` while fewer than the normal limit are (the limit minus a fifth reserved for
 //!   `High`);
-//! - `High` up to the full capacity.
+//! - `High` up to the full limit.
 //!
 //! So as load grows, `Low` is shed first, then `Normal`, and a share stays free for `High`: the
 //! SRE book's criticality. A shed request gets `503 Service Unavailable` with a short
