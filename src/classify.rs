@@ -94,6 +94,48 @@ pub fn outcome_of_error(error: &(dyn Error + 'static)) -> Outcome {
     Outcome::Failure
 }
 
+/// Why a call or attempt got no response, for labels (metrics' status, a span's `error.type`):
+/// one rule, so that the two never name the same error differently.
+#[cfg(any(feature = "metrics", feature = "opentelemetry"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// An open circuit breaker refused it.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
+    CircuitOpen,
+    /// A deadline, an attempt timeout or a pool timeout ended it, or it was not sent for want
+    /// of time.
+    Timeout,
+    /// Any other failure: refused, reset, a body cut short.
+    Error,
+}
+
+/// The [`FailureKind`] of an error from the client stack.
+#[cfg(any(feature = "metrics", feature = "opentelemetry"))]
+pub(crate) fn failure_kind(error: &(dyn Error + 'static)) -> FailureKind {
+    #[cfg(feature = "circuit-breaker")]
+    if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
+        return FailureKind::CircuitOpen;
+    }
+    #[cfg(feature = "timeout")]
+    if find_source::<crate::timeout::AttemptTimedOut>(error).is_some() {
+        return FailureKind::Timeout;
+    }
+    #[cfg(feature = "deadline")]
+    if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
+        return FailureKind::Timeout;
+    }
+    #[cfg(feature = "client")]
+    if find_source::<crate::client::PoolTimeout>(error).is_some() {
+        return FailureKind::Timeout;
+    }
+    if find_source::<std::io::Error>(error)
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    {
+        return FailureKind::Timeout;
+    }
+    FailureKind::Error
+}
+
 /// Whether an error says the request never reached the server.
 fn never_left(error: &(dyn Error + 'static)) -> bool {
     #[cfg(feature = "client")]

@@ -15,8 +15,9 @@ use super::labels::{method_label, write_normalized_path, LabelText};
 use super::names::FailureValues;
 use super::series::SeriesTable;
 use super::MetricsConfig;
+use crate::classify::FailureKind;
 use crate::context::{Deadline, RouteTemplate};
-use crate::error::{find_source, BoxError};
+use crate::error::BoxError;
 use crate::headers;
 
 struct Instruments {
@@ -232,28 +233,11 @@ fn error_status(
     error: &(dyn std::error::Error + 'static),
     values: FailureValues,
 ) -> (&'static str, bool) {
-    #[cfg(feature = "circuit-breaker")]
-    if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
-        return (values.circuit_open, true);
+    match crate::classify::failure_kind(error) {
+        FailureKind::CircuitOpen => (values.circuit_open, true),
+        FailureKind::Timeout => (values.timeout, false),
+        FailureKind::Error => (values.error, false),
     }
-    #[cfg(feature = "timeout")]
-    if find_source::<crate::timeout::AttemptTimedOut>(error).is_some() {
-        return (values.timeout, false);
-    }
-    #[cfg(feature = "deadline")]
-    if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
-        return (values.timeout, false);
-    }
-    #[cfg(feature = "client")]
-    if find_source::<crate::client::PoolTimeout>(error).is_some() {
-        return (values.timeout, false);
-    }
-    if find_source::<std::io::Error>(error)
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-    {
-        return (values.timeout, false);
-    }
-    (values.error, false)
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientMetricsService<S>

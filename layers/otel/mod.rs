@@ -94,8 +94,9 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::classify::FailureKind;
 use crate::context::RouteTemplate;
-use crate::error::{find_source, BoxError};
+use crate::error::BoxError;
 
 /// The W3C trace context headers, which the propagation layer owns with its own.
 pub(crate) const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -152,24 +153,11 @@ fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 
 /// A low-cardinality name for why a call or attempt got no response (`error.type`).
 fn error_type(error: &(dyn std::error::Error + 'static)) -> &'static str {
-    #[cfg(feature = "circuit-breaker")]
-    if find_source::<crate::circuit_breaker::CircuitOpen>(error).is_some() {
-        return "circuit_open";
+    match crate::classify::failure_kind(error) {
+        FailureKind::CircuitOpen => "circuit_open",
+        FailureKind::Timeout => "timeout",
+        FailureKind::Error => "_OTHER",
     }
-    #[cfg(feature = "timeout")]
-    if find_source::<crate::timeout::AttemptTimedOut>(error).is_some() {
-        return "timeout";
-    }
-    #[cfg(feature = "deadline")]
-    if find_source::<crate::deadline::DeadlineExceeded>(error).is_some() {
-        return "timeout";
-    }
-    if find_source::<std::io::Error>(error)
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-    {
-        return "timeout";
-    }
-    "_OTHER"
 }
 
 // Integers are recorded as `i64`: tracing-opentelemetry turns unsigned ones into strings.
