@@ -126,6 +126,11 @@ impl ConnectionLimits {
     }
 }
 
+thread_local! {
+    /// The text of a request's destination, reused from call to call on a thread.
+    static DESTINATION_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 /// Makes [`ConnectionLimit`]s that share one set of bounds.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimitLayer {
@@ -178,7 +183,10 @@ where
         // The readied instance goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let mut destination = String::new();
+        // Written into a per-thread buffer rather than a `String` per call: only a call that has
+        // to wait keeps a copy, for its error.
+        let mut destination = DESTINATION_TEXT.take();
+        destination.clear();
         crate::destination::write_destination(req.uri(), req.headers(), &mut destination);
         let semaphore = self.limits.semaphore(&destination);
         let state = match semaphore.clone().try_acquire_owned() {
@@ -201,13 +209,14 @@ where
                     }),
                     call: Some((inner, req)),
                     error: PoolTimeout {
-                        destination,
+                        destination: destination.clone(),
                         waited: timeout,
                         max: self.limits.max,
                     },
                 }
             }
         };
+        DESTINATION_TEXT.set(destination);
         ConnectionLimitFuture { state }
     }
 }
