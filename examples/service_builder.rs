@@ -41,7 +41,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
                 .layer(server_metrics.layer())
                 .server_deadline(Duration::from_secs(20))
                 .server_priority()
-                .load_shed(512),
+                .layer(tower_lifeline::load_shed::LoadShedLayer::new(512)),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -57,6 +57,15 @@ pub trait Classify: Clone + Send + Sync + 'static {
     fn classify_error(&self, error: &(dyn Error + 'static)) -> Outcome {
         outcome_of_error(error)
     }
+
+    /// What a gRPC call that ended with `code` says about its destination, for the circuit
+    /// breaker (the retry decision reads [`classify_response`](Self::classify_response) of a
+    /// trailers-only answer instead). By default
+    /// [`grpc::destination_outcome`](crate::grpc::destination_outcome).
+    #[cfg(feature = "grpc")]
+    fn classify_grpc_end(&self, code: tonic::Code) -> Outcome {
+        crate::grpc::destination_outcome(code)
+    }
 }
 
 /// The outcome of an error from the client stack: see the [module docs](self).
@@ -163,15 +172,46 @@ fn never_left(error: &(dyn Error + 'static)) -> bool {
 }
 
 /// aio-request's classification, with per-status overrides. See the [module docs](self).
-#[derive(Debug, Clone, Default)]
+///
+/// With the `grpc` feature, a trailers-only gRPC answer (its `grpc-status` in the head) is
+/// classified by its code: `OK` a success, a retryable code (by default `UNAVAILABLE`, as gRPC's
+/// retry policy; see [`with_grpc_retryable`](Self::with_grpc_retryable)) a
+/// [`Failure`](Outcome::Failure), any other code an answer not to repeat, a
+/// [`Success`](Outcome::Success), as a 4xx is.
+#[derive(Debug, Clone)]
 pub struct DefaultClassifier {
     overrides: Vec<(StatusCode, Outcome)>,
+    /// The retryable gRPC codes, one bit per code.
+    #[cfg(feature = "grpc")]
+    grpc_retryable: u32,
+}
+
+impl Default for DefaultClassifier {
+    fn default() -> Self {
+        DefaultClassifier {
+            overrides: Vec::new(),
+            #[cfg(feature = "grpc")]
+            grpc_retryable: 1 << tonic::Code::Unavailable as u32,
+        }
+    }
 }
 
 impl DefaultClassifier {
     /// The default classification with no overrides.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The gRPC codes of a trailers-only answer that are worth another attempt (replacing the
+    /// default, `UNAVAILABLE`). gRPC's retry policy names them per method; `DEADLINE_EXCEEDED`
+    /// is rarely one (the time is gone), `RESOURCE_EXHAUSTED` sometimes (a busy server, not a
+    /// quota).
+    #[cfg(feature = "grpc")]
+    pub fn with_grpc_retryable(mut self, codes: impl IntoIterator<Item = tonic::Code>) -> Self {
+        self.grpc_retryable = codes
+            .into_iter()
+            .fold(0, |bits, code| bits | 1 << code as u32);
+        self
     }
 
     /// Gives `status` the outcome `outcome`, whatever the default says. It comes before
@@ -191,6 +231,17 @@ impl Classify for DefaultClassifier {
         }
         if headers::is_do_not_retry(headers) {
             return Outcome::Success;
+        }
+        // A trailers-only gRPC answer: the code decides, not the HTTP 200 it rides on.
+        #[cfg(feature = "grpc")]
+        if let Some(code) = crate::grpc::status_in(headers) {
+            return if code == tonic::Code::Ok {
+                Outcome::Success
+            } else if self.grpc_retryable & (1 << code as u32) != 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
         }
         if status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
@@ -243,6 +294,31 @@ mod tests {
             c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &headers),
             Outcome::Success
         );
+    }
+
+    #[cfg(feature = "grpc")]
+    #[test]
+    fn a_trailers_only_grpc_answer_is_judged_by_its_code() {
+        let answer = |code: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", http::HeaderValue::from_static(code));
+            headers
+        };
+        let c = DefaultClassifier::new();
+        let ok = StatusCode::OK;
+        assert_eq!(c.classify_response(ok, &answer("0")), Outcome::Success);
+        assert_eq!(c.classify_response(ok, &answer("14")), Outcome::Failure);
+        assert_eq!(c.classify_response(ok, &answer("13")), Outcome::Success);
+        assert_eq!(c.classify_response(ok, &answer("4")), Outcome::Success);
+        let c = c.with_grpc_retryable([tonic::Code::ResourceExhausted]);
+        assert_eq!(c.classify_response(ok, &answer("8")), Outcome::Failure);
+        assert_eq!(c.classify_response(ok, &answer("14")), Outcome::Success);
+        // The breaker's question has its own answer: INTERNAL is the destination failing.
+        assert_eq!(c.classify_grpc_end(tonic::Code::Internal), Outcome::Failure);
     }
 
     #[test]

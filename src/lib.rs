@@ -139,6 +139,10 @@ pub mod read_body;
 #[path = "../layers/otel/mod.rs"]
 pub mod otel;
 
+#[cfg(feature = "grpc")]
+#[path = "../layers/grpc/mod.rs"]
+pub mod grpc;
+
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
 pub use outcome::Outcome;

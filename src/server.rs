@@ -5,12 +5,14 @@
 //! 1. the drain layer of a [`Shutdown`] handle (`Connection: close` while draining), around
 //!    everything, probes included;
 //! 2. server metrics (latency until the body ends, in flight), on the application's routes;
-//! 3. the deadline layer (read, clamp, refuse what cannot finish);
-//! 4. the priority layer;
-//! 5. the request body timeout (a body must arrive within 30 s and by the deadline);
-//! 6. load shedding by priority and remaining deadline, under an adaptive concurrency limit
+//! 3. with the `grpc` feature, the stack's refusals of gRPC requests in gRPC's terms
+//!    ([`GrpcRefusalsLayer`](crate::grpc::GrpcRefusalsLayer));
+//! 4. the deadline layer (read, clamp, refuse what cannot finish);
+//! 5. the priority layer;
+//! 6. the request body timeout (a body must arrive within 30 s and by the deadline);
+//! 7. load shedding by priority and remaining deadline, under an adaptive concurrency limit
 //!    unless a fixed [`capacity`](ServerBuilder::capacity) is set;
-//! 7. the application's handlers;
+//! 8. the application's handlers;
 //!
 //! (with the `opentelemetry` feature, a server span that continues the caller's trace wraps
 //! them) and adds `/metrics`, `/healthz` and `/readyz` outside the shedder: an overloaded server must
@@ -261,8 +263,11 @@ impl ServerBuilder {
             None => LoadShedLayer::adaptive_with(self.adaptive),
         };
         metrics::register_load_shed(&registry, shed.clone())?;
-        let stack = ServiceBuilder::new()
-            .layer(server_metrics.layer())
+        let stack = ServiceBuilder::new().layer(server_metrics.layer());
+        // Inside the metrics, which then record the code a gRPC caller saw.
+        #[cfg(feature = "grpc")]
+        let stack = stack.layer(crate::grpc::GrpcRefusalsLayer::new());
+        let stack = stack
             .layer(self.deadline)
             .layer(self.priority)
             .layer(RequestBodyTimeoutLayer::new(self.body_timeout))

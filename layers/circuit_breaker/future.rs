@@ -85,6 +85,14 @@ where
             } => {
                 let result = std::task::ready!(inner.poll(cx)).map_err(Into::into);
                 let outcome = match &result {
+                    #[cfg(feature = "grpc")]
+                    Ok(response) if crate::grpc::is_grpc(response.headers()) => {
+                        match grpc_outcome(response, classifier, ticket) {
+                            Some(outcome) => outcome,
+                            // Settled when the stream ends.
+                            None => return Poll::Ready(result),
+                        }
+                    }
                     Ok(response) => {
                         classifier.classify_response(response.status(), response.headers())
                     }
@@ -97,4 +105,35 @@ where
             }
         }
     }
+}
+
+/// The outcome of a gRPC answer for the breaker: the code of a trailers-only answer at once;
+/// for a stream whose status is still to come, `None`, the ticket moved to the stream's end
+/// (settled by its `grpc-status`, a failure if it breaks, and dropped, under the ticket's
+/// deadline rule, if the reader abandons it). A gRPC answer nobody watches counts by its HTTP
+/// status.
+#[cfg(feature = "grpc")]
+fn grpc_outcome<B, C: Classify>(
+    response: &Response<B>,
+    classifier: &Arc<C>,
+    ticket: &mut Option<Ticket>,
+) -> Option<crate::outcome::Outcome> {
+    use crate::grpc::end_of_stream::{pending_end, StreamEnd};
+    use crate::outcome::Outcome;
+
+    if let Some(code) = crate::grpc::status_in(response.headers()) {
+        return Some(classifier.classify_grpc_end(code));
+    }
+    let Some(end) = pending_end(response) else {
+        return Some(classifier.classify_response(response.status(), response.headers()));
+    };
+    if let Some(ticket) = ticket.take() {
+        let classifier = classifier.clone();
+        end.on_end(move |end| match end {
+            StreamEnd::Status(code) => ticket.finish(classifier.classify_grpc_end(code)),
+            StreamEnd::Failed => ticket.finish(Outcome::Failure),
+            StreamEnd::Abandoned => drop(ticket),
+        });
+    }
+    None
 }

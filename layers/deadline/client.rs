@@ -212,6 +212,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A gRPC caller sets its deadline as `grpc-timeout` (tonic's `Request::set_timeout`):
+        // an explicit deadline, unless one is in the extensions already.
+        if req.extensions().get::<Deadline>().is_none() {
+            if let Some(timeout) = req
+                .headers()
+                .get(headers::GRPC_TIMEOUT)
+                .and_then(headers::parse_grpc_timeout)
+            {
+                req.extensions_mut().insert(Deadline::after(timeout));
+            }
+        }
         let (deadline, left) = effective_deadline(req.extensions(), self.layer.default_timeout);
         let on_expiry = self.layer.on_expiry.clone();
         if left < self.layer.low_time_threshold {

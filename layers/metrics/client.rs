@@ -172,6 +172,7 @@ struct Recording {
 /// How a call or attempt ended, kept as-is until it is recorded: no text is made per request.
 enum Status {
     Code(http::StatusCode),
+    /// A fixed label: a failure's (`timeout`, `error`, ...) or a gRPC code's name.
     Failed(&'static str),
 }
 
@@ -308,6 +309,10 @@ where
         let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
         if let Some(mut recording) = this.recording.take() {
             match &result {
+                #[cfg(feature = "grpc")]
+                Ok(response) if crate::grpc::is_grpc(response.headers()) => {
+                    record_grpc(response, recording);
+                }
                 Ok(response) => {
                     recording.status = Some(Status::Code(response.status()));
                     recording.breaker = response.headers().contains_key(headers::X_CIRCUIT_BREAKER);
@@ -321,6 +326,34 @@ where
             }
         }
         Poll::Ready(result)
+    }
+}
+
+/// Records a gRPC answer by its code's name: a trailers-only answer's at once, else the
+/// code at the end of its stream (`error` if it breaks; if the reader abandons it, as any
+/// call dropped unanswered: `timeout` past its deadline, else 499).
+#[cfg(feature = "grpc")]
+fn record_grpc<B>(response: &Response<B>, mut recording: Recording) {
+    use crate::grpc::end_of_stream::{pending_end, StreamEnd};
+    use crate::grpc::{code_name, status_in};
+
+    if let Some(code) = status_in(response.headers()) {
+        recording.status = Some(Status::Failed(code_name(code)));
+        return;
+    }
+    match pending_end(response) {
+        Some(end) => end.on_end(move |end| {
+            match end {
+                StreamEnd::Status(code) => recording.status = Some(Status::Failed(code_name(code))),
+                StreamEnd::Failed => {
+                    recording.status =
+                        Some(Status::Failed(recording.instruments.failure_values.error));
+                }
+                StreamEnd::Abandoned => {}
+            }
+            drop(recording);
+        }),
+        None => recording.status = Some(Status::Code(response.status())),
     }
 }
 

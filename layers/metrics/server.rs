@@ -168,6 +168,39 @@ struct Recording {
     route: Route,
     started: Instant,
     status: Option<StatusCode>,
+    /// A gRPC request's method and, once known, its code.
+    #[cfg(feature = "grpc")]
+    grpc: Option<GrpcCall>,
+}
+
+/// What a gRPC request's labels need: its method (the request's path, a shared handle on its
+/// bytes) and the `grpc-status` it ended with.
+#[cfg(feature = "grpc")]
+struct GrpcCall {
+    path: http::uri::PathAndQuery,
+    code: Option<tonic::Code>,
+}
+
+#[cfg(feature = "grpc")]
+impl GrpcCall {
+    fn of<B>(req: &Request<B>) -> Option<GrpcCall> {
+        if !crate::grpc::is_grpc(req.headers()) {
+            return None;
+        }
+        Some(GrpcCall {
+            path: req.uri().path_and_query()?.clone(),
+            code: None,
+        })
+    }
+
+    /// The route label: the method for a call the server answered with a code other than
+    /// `UNIMPLEMENTED`, so that a caller inventing method names mints no series; else `None`
+    /// (the route's template).
+    fn method(&self) -> Option<&str> {
+        self.code
+            .filter(|code| *code != tonic::Code::Unimplemented)
+            .map(|_| self.path.path())
+    }
 }
 
 /// aio-request's status for a request whose caller went away first (nginx's convention).
@@ -204,6 +237,18 @@ impl Drop for Recording {
             Some(name) => name,
             None => "unknown",
         };
+        #[cfg(feature = "grpc")]
+        if let Some(grpc) = &self.grpc {
+            let route = grpc.method().unwrap_or_else(|| self.route.as_str());
+            let status = match grpc.code {
+                Some(code) => crate::grpc::code_name(code),
+                None => status_label(&status),
+            };
+            instruments
+                .duration
+                .observe([client, self.method, route, status], elapsed);
+            return;
+        }
         let labels = [
             client,
             self.method,
@@ -263,6 +308,8 @@ where
             route: Route::of(&req),
             started: Instant::now(),
             status: None,
+            #[cfg(feature = "grpc")]
+            grpc: GrpcCall::of(&req),
         };
         ServerMetricsFuture {
             inner: self.inner.call(req),
@@ -301,6 +348,11 @@ where
             Ok(response) => {
                 if let Some(recording) = recording.as_mut() {
                     recording.status = Some(response.status());
+                    // A trailers-only answer (or a refusal in gRPC's terms) has its code here.
+                    #[cfg(feature = "grpc")]
+                    if let Some(grpc) = recording.grpc.as_mut() {
+                        grpc.code = crate::grpc::status_in(response.headers());
+                    }
                 }
                 // The recording moves into the body: the request ends when the body does.
                 Ok(response.map(|inner| MeteredBody { inner, recording }))
@@ -340,6 +392,14 @@ impl<B: Body> Body for MeteredBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
+        // A gRPC call's code comes in its trailers.
+        #[cfg(feature = "grpc")]
+        if let Some(Ok(frame)) = &frame {
+            let grpc = this.recording.as_mut().and_then(|r| r.grpc.as_mut());
+            if let (Some(trailers), Some(grpc)) = (frame.trailers_ref(), grpc) {
+                grpc.code = crate::grpc::status_in(trailers);
+            }
+        }
         if frame.is_none() {
             // The end of the body: record now rather than when hyper drops it.
             drop(this.recording.take());

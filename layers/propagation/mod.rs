@@ -13,6 +13,11 @@
 //!
 //! The layer owns these three headers: values already on the request are replaced.
 //!
+//! With the `grpc` feature, a gRPC request (content type `application/grpc`) with a deadline
+//! also gets `grpc-timeout`, in gRPC's format, replacing one already there: a `grpc-timeout` the
+//! caller set is already in the deadline, as the [client deadline
+//! layer](crate::deadline::ClientDeadlineLayer) reads it.
+//!
 //! With the `opentelemetry` feature it also writes the W3C `traceparent` and `tracestate` of the
 //! current span (the attempt's, under the `Client` preset), with OpenTelemetry's global
 //! propagator; see the `otel` module. They go to the same destinations as the other three.
@@ -324,10 +329,19 @@ where
         };
         let headers = req.headers_mut();
         if let Some(deadline) = deadline {
+            let remaining = deadline.remaining();
             headers.insert(
                 headers::X_REQUEST_TIMEOUT,
-                headers::format_deadline(deadline),
+                headers::format_timeout(remaining),
             );
+            // gRPC servers read only their own header.
+            #[cfg(feature = "grpc")]
+            if crate::grpc::is_grpc(headers) {
+                headers.insert(
+                    headers::GRPC_TIMEOUT,
+                    crate::grpc::format_grpc_timeout(remaining),
+                );
+            }
         }
         headers.insert(
             headers::X_REQUEST_PRIORITY,

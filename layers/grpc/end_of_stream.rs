@@ -1,0 +1,261 @@
+//! The end of a gRPC response stream, told to the layers above that wait for it.
+//!
+//! A gRPC call's status comes in the trailers, after the messages, long after the response's
+//! head has passed up through the breaker and the metrics. Rather than wrap the body once per
+//! layer (changing every layer's body type), the transport layer wraps it once, in
+//! [`WatchedBody`], and leaves an [`EndOfStream`] in the response's extensions: each layer that
+//! wants the status registers a callback there, and the body calls them all when it ends.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tonic::Code;
+
+use super::status::{status_in, GRPC_STATUS};
+
+/// How a gRPC response stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// Its trailers carried this `grpc-status`.
+    Status(Code),
+    /// The body failed, or ended without a `grpc-status`: gRPC's clients call that an error.
+    Failed,
+    /// The reader dropped the body before its end: the caller went away, or a layer above cut
+    /// the call at its deadline.
+    Abandoned,
+}
+
+type Callback = Box<dyn FnOnce(StreamEnd) + Send>;
+
+enum Watch {
+    Waiting(Vec<Callback>),
+    Ended(StreamEnd),
+}
+
+/// A response extension: the place to wait for the end of its gRPC stream.
+#[derive(Clone)]
+pub(crate) struct EndOfStream(Arc<Mutex<Watch>>);
+
+impl fmt::Debug for EndOfStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndOfStream").finish_non_exhaustive()
+    }
+}
+
+impl EndOfStream {
+    fn new() -> Self {
+        EndOfStream(Arc::new(Mutex::new(Watch::Waiting(Vec::new()))))
+    }
+
+    /// Calls `callback` when the stream ends, or at once if it has ended already (a layer below
+    /// read the whole body first).
+    pub(crate) fn on_end(&self, callback: impl FnOnce(StreamEnd) + Send + 'static) {
+        let mut watch = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &mut *watch {
+            Watch::Waiting(callbacks) => callbacks.push(Box::new(callback)),
+            Watch::Ended(end) => {
+                let end = *end;
+                drop(watch);
+                callback(end);
+            }
+        }
+    }
+
+    /// Records the end, once: later ends (the drop after a normal end) are ignored.
+    fn end(&self, end: StreamEnd) {
+        let callbacks = {
+            let mut watch = self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match std::mem::replace(&mut *watch, Watch::Ended(end)) {
+                Watch::Waiting(callbacks) => callbacks,
+                ended @ Watch::Ended(_) => {
+                    *watch = ended;
+                    return;
+                }
+            }
+        };
+        // Outside the lock: a callback records metrics or settles a breaker ticket.
+        for callback in callbacks {
+            callback(end);
+        }
+    }
+}
+
+/// The watch on a gRPC response whose status is still to come: `None` for a trailers-only answer
+/// (its status is in the head) and for responses the gRPC transport layer did not watch.
+pub(crate) fn pending_end<B>(response: &Response<B>) -> Option<&EndOfStream> {
+    if status_in(response.headers()).is_some() {
+        return None;
+    }
+    response.extensions().get::<EndOfStream>()
+}
+
+/// Wraps a gRPC response's body so that its end is told to the layers above. A response that is
+/// not gRPC, or whose status is in its head, passes through unwatched.
+pub(crate) fn watch<B>(response: Response<B>) -> Response<WatchedBody<B>> {
+    let watched =
+        super::status::is_grpc(response.headers()) && status_in(response.headers()).is_none();
+    if !watched {
+        return response.map(|inner| WatchedBody { inner, end: None });
+    }
+    let end = EndOfStream::new();
+    let (mut parts, inner) = response.into_parts();
+    parts.extensions.insert(end.clone());
+    Response::from_parts(
+        parts,
+        WatchedBody {
+            inner,
+            end: Some(end),
+        },
+    )
+}
+
+pin_project! {
+    /// A gRPC response body that reports how it ended: the `grpc-status` of its trailers, a
+    /// failure, or a drop before the end.
+    pub struct WatchedBody<B> {
+        #[pin]
+        inner: B,
+        end: Option<EndOfStream>,
+    }
+
+    impl<B> PinnedDrop for WatchedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(end) = this.project().end.take() {
+                end.end(StreamEnd::Abandoned);
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for WatchedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchedBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if this.end.is_some() {
+            let ended = match &frame {
+                Some(Ok(frame)) => {
+                    frame
+                        .trailers_ref()
+                        .map(|trailers| match trailers.get(GRPC_STATUS) {
+                            Some(value) => StreamEnd::Status(Code::from_bytes(value.as_bytes())),
+                            None => StreamEnd::Failed,
+                        })
+                }
+                Some(Err(_)) | None => Some(StreamEnd::Failed),
+            };
+            if let Some(ended) = ended {
+                if let Some(end) = this.end.take() {
+                    end.end(ended);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn grpc_response<B>(body: B) -> Response<B> {
+        Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(body)
+            .unwrap()
+    }
+
+    fn recorder(end: &EndOfStream) -> Arc<Mutex<Vec<StreamEnd>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        end.on_end(move |e| sink.lock().unwrap().push(e));
+        seen
+    }
+
+    type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
+
+    fn body(
+        frames: Frames,
+    ) -> StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+    > {
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn the_trailers_status_reaches_every_watcher_once() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS, "13".parse().unwrap());
+        let response = watch(grpc_response(body(vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ])));
+        let end = pending_end(&response).expect("watched").clone();
+        let (first, second) = (recorder(&end), recorder(&end));
+        let collected = response.into_body().collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(*first.lock().unwrap(), [StreamEnd::Status(Code::Internal)]);
+        assert_eq!(*second.lock().unwrap(), [StreamEnd::Status(Code::Internal)]);
+        // A watcher that comes after the end hears it at once.
+        assert_eq!(
+            *recorder(&end).lock().unwrap(),
+            [StreamEnd::Status(Code::Internal)]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_trailers_is_a_failure_and_a_drop_is_abandoned() {
+        let response = watch(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
+        let seen = recorder(pending_end(&response).unwrap());
+        response.into_body().collect().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [StreamEnd::Failed]);
+
+        let response = watch(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
+        let seen = recorder(pending_end(&response).unwrap());
+        drop(response);
+        assert_eq!(*seen.lock().unwrap(), [StreamEnd::Abandoned]);
+    }
+
+    #[test]
+    fn trailers_only_and_plain_http_answers_are_not_watched() {
+        let mut trailers_only = grpc_response(());
+        trailers_only
+            .headers_mut()
+            .insert(GRPC_STATUS, "14".parse().unwrap());
+        assert!(pending_end(&watch(trailers_only)).is_none());
+        assert!(pending_end(&watch(Response::new(()))).is_none());
+    }
+}
