@@ -138,6 +138,17 @@ pin_project! {
     }
 }
 
+/// An empty, unwatched body: what a layer above makes when it answers in the transport's stead
+/// (an open breaker's synthetic answer).
+impl<B: Default> Default for WatchedBody<B> {
+    fn default() -> Self {
+        WatchedBody {
+            inner: B::default(),
+            end: None,
+        }
+    }
+}
+
 impl<B> fmt::Debug for WatchedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchedBody").finish_non_exhaustive()
