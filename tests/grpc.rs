@@ -269,6 +269,72 @@ async fn a_status_in_the_trailers_trips_the_breaker_and_names_the_metrics() {
     );
 }
 
+/// A hostile gRPC server: the response's head, then nothing, for ever (until the test ends).
+async fn serve_head_then_stall() -> (SocketAddr, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = Router::new().route(
+        context_grpc::GET_PATH,
+        axum::routing::post(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async {
+                let stall = futures_util::stream::pending::<
+                    Result<Frame<Bytes>, std::convert::Infallible>,
+                >();
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(axum::body::Body::new(http_body_util::StreamBody::new(
+                        stall,
+                    )))
+                    .unwrap()
+            }
+        }),
+    );
+    (common::serve(app).await, calls)
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_after_the_head_is_cut_at_the_deadline_and_counted() {
+    let (addr, calls) = serve_head_then_stall().await;
+    let stack = Stack::new(
+        CircuitBreakerSettings::builder()
+            .consecutive_failures(2)
+            .break_duration(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
+    let mut client = stack.client(addr);
+    for _ in 0..2 {
+        // An inherited deadline (tonic's own `set_timeout` would cut the call itself).
+        let inbound = RequestContext::new(
+            Some(Deadline::after(Duration::from_millis(300))),
+            Priority::Normal,
+        );
+        let call = inbound.scope(client.get(tonic::Request::new(GetRequest {})));
+        // Bounded, so that without the body's deadline the test fails rather than hangs.
+        let status = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("cut at the deadline, not left hanging")
+            .unwrap_err();
+        assert_ne!(status.code(), Code::Ok);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        stack.breaker.registry().state(&format!("http://{addr}")),
+        Some(CircuitState::Open)
+    );
+    let text = stack.metrics_text();
+    assert_eq!(
+        count(
+            &text,
+            "http_client_attempt_duration_seconds",
+            &[r#"status="timeout""#]
+        ),
+        2,
+        "{text}"
+    );
+}
+
 /// The server preset around a tonic service whose `Get` sleeps `hold` then reports its
 /// context and the `grpc-timeout` it was sent.
 fn context_server(hold: Duration) -> ContextServer {

@@ -131,7 +131,8 @@ fn grpc_outcome<B, C: Classify>(
         let classifier = classifier.clone();
         end.on_end(move |end| match end {
             StreamEnd::Status(code) => ticket.finish(classifier.classify_grpc_end(code)),
-            StreamEnd::Failed => ticket.finish(Outcome::Failure),
+            // Sent and cut at its deadline, or broken: the destination failed, either way.
+            StreamEnd::Failed | StreamEnd::TimedOut => ticket.finish(Outcome::Failure),
             StreamEnd::Abandoned => drop(ticket),
         });
     }

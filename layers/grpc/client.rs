@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,12 +14,15 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::end_of_stream::{watch, WatchedBody};
+use crate::context::Deadline;
 use crate::error::BoxError;
 
 /// Puts a tonic `Channel` (or any service that takes `tonic::body::Body`) under the client
 /// stack: it hands the channel the stack's request body (the strategy's replayable one) as a
-/// tonic body, and watches each gRPC response to its end, so that the breaker and the metrics
-/// above count the `grpc-status` of its trailers. Put it last, just above the channel.
+/// tonic body; it ends each response body at the attempt's deadline (the [`Deadline`] in the
+/// request's extensions), since the layers above stop their clocks when the head arrives; and it
+/// watches each gRPC response to its end, so that the breaker and the metrics above count the
+/// `grpc-status` of its trailers. Put it last, just above the channel.
 ///
 /// Without it the layers above still see a trailers-only answer's status; a status that comes
 /// in trailers after messages would pass them by as the HTTP 200 it rides on.
@@ -80,8 +84,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The attempt's deadline (the call's, or its share), for the body.
+        let deadline = Deadline::of(req.extensions()).map(|d| (d, d.remaining()));
         GrpcTransportFuture {
             inner: self.inner.call(req.map(tonic::body::Body::new)),
+            deadline,
         }
     }
 }
@@ -91,6 +98,7 @@ pin_project! {
     pub struct GrpcTransportFuture<F> {
         #[pin]
         inner: F,
+        deadline: Option<(Deadline, Duration)>,
     }
 }
 
@@ -108,6 +116,10 @@ where
     type Output = Result<Response<WatchedBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_ok(watch)
+        let this = self.project();
+        let deadline = *this.deadline;
+        this.inner
+            .poll(cx)
+            .map_ok(|response| watch(response, deadline))
     }
 }

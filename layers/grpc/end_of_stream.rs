@@ -13,16 +13,21 @@
 )]
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tonic::Code;
 
 use super::status::{status_in, GRPC_STATUS};
+use crate::context::Deadline;
+use crate::error::BoxError;
 
 /// How a gRPC response stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub(crate) enum StreamEnd {
     Status(Code),
     /// The body failed, or ended without a `grpc-status`: gRPC's clients call that an error.
     Failed,
+    /// The call's deadline passed before the stream's end: [`WatchedBody`] cut it.
+    TimedOut,
     /// The reader dropped the body before its end: the caller went away, or a layer above cut
     /// the call at its deadline.
     Abandoned,
@@ -106,33 +113,46 @@ pub(crate) fn pending_end<B>(response: &Response<B>) -> Option<&EndOfStream> {
     response.extensions().get::<EndOfStream>()
 }
 
-/// Wraps a gRPC response's body so that its end is told to the layers above. A response that is
-/// not gRPC, or whose status is in its head, passes through unwatched.
-pub(crate) fn watch<B>(response: Response<B>) -> Response<WatchedBody<B>> {
+/// Wraps a response's body so that it ends at the call's `deadline` (if any), and, for a gRPC
+/// response whose status is still to come, so that its end is told to the layers above. A
+/// response that is not gRPC, or whose status is in its head, is not watched.
+pub(crate) fn watch<B>(
+    response: Response<B>,
+    deadline: Option<(Deadline, Duration)>,
+) -> Response<WatchedBody<B>> {
     let watched =
         super::status::is_grpc(response.headers()) && status_in(response.headers()).is_none();
-    if !watched {
-        return response.map(|inner| WatchedBody { inner, end: None });
-    }
-    let end = EndOfStream::new();
     let (mut parts, inner) = response.into_parts();
-    parts.extensions.insert(end.clone());
-    Response::from_parts(
-        parts,
-        WatchedBody {
-            inner,
-            end: Some(end),
-        },
-    )
+    let end = watched.then(|| {
+        let end = EndOfStream::new();
+        parts.extensions.insert(end.clone());
+        end
+    });
+    let body = WatchedBody {
+        inner,
+        end,
+        deadline: deadline.map(|(deadline, _)| tokio::time::sleep_until(deadline.instant())),
+        allowed: deadline.map_or(Duration::ZERO, |(_, allowed)| allowed),
+        expired: false,
+    };
+    Response::from_parts(parts, body)
 }
 
 pin_project! {
-    /// A gRPC response body that reports how it ended: the `grpc-status` of its trailers, a
-    /// failure, or a drop before the end.
+    /// A response body that ends at the call's deadline (the head's arrival does not stop the
+    /// clock: a server that stalls mid-stream is cut with a
+    /// [`DeadlineExceeded`](crate::deadline::DeadlineExceeded) error), and, for gRPC, reports
+    /// how it ended: the `grpc-status` of its trailers, a failure, the deadline, or a drop
+    /// before the end.
     pub struct WatchedBody<B> {
         #[pin]
         inner: B,
         end: Option<EndOfStream>,
+        #[pin]
+        deadline: Option<Sleep>,
+        // What the call was allowed, for the error.
+        allowed: Duration,
+        expired: bool,
     }
 
     impl<B> PinnedDrop for WatchedBody<B> {
@@ -151,6 +171,9 @@ impl<B: Default> Default for WatchedBody<B> {
         WatchedBody {
             inner: B::default(),
             end: None,
+            deadline: None,
+            allowed: Duration::ZERO,
+            expired: false,
         }
     }
 }
@@ -161,16 +184,38 @@ impl<B> fmt::Debug for WatchedBody<B> {
     }
 }
 
-impl<B: Body> Body for WatchedBody<B> {
+impl<B> Body for WatchedBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
+        }
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => frame.map(|frame| frame.map_err(Into::into)),
+            Poll::Pending => {
+                let expired = (this.deadline.as_mut().as_pin_mut())
+                    .is_some_and(|deadline| deadline.poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                *this.expired = true;
+                if let Some(end) = this.end.take() {
+                    end.end(StreamEnd::TimedOut);
+                }
+                let exceeded = crate::deadline::DeadlineExceeded::elapsed(*this.allowed);
+                return Poll::Ready(Some(Err(Box::new(exceeded))));
+            }
+        };
         if this.end.is_some() {
             let ended = match &frame {
                 Some(Ok(frame)) => {
@@ -193,7 +238,7 @@ impl<B: Body> Body for WatchedBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.expired || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -222,6 +267,10 @@ mod tests {
         seen
     }
 
+    fn watch_now<B>(response: Response<B>) -> Response<WatchedBody<B>> {
+        watch(response, None)
+    }
+
     type Frame1 = Result<Frame<Bytes>, std::io::Error>;
     type Frames = Vec<Frame1>;
 
@@ -233,7 +282,7 @@ mod tests {
     async fn the_trailers_status_reaches_every_watcher_once() {
         let mut trailers = HeaderMap::new();
         trailers.insert(GRPC_STATUS, "13".parse().unwrap());
-        let response = watch(grpc_response(body(vec![
+        let response = watch_now(grpc_response(body(vec![
             Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
             Ok(Frame::trailers(trailers)),
         ])));
@@ -252,12 +301,12 @@ mod tests {
 
     #[tokio::test]
     async fn no_trailers_is_a_failure_and_a_drop_is_abandoned() {
-        let response = watch(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
+        let response = watch_now(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
         let seen = recorder(pending_end(&response).unwrap());
         response.into_body().collect().await.unwrap();
         assert_eq!(*seen.lock().unwrap(), [StreamEnd::Failed]);
 
-        let response = watch(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
+        let response = watch_now(grpc_response(body(vec![Ok(Frame::data(Bytes::new()))])));
         let seen = recorder(pending_end(&response).unwrap());
         drop(response);
         assert_eq!(*seen.lock().unwrap(), [StreamEnd::Abandoned]);
@@ -269,7 +318,7 @@ mod tests {
         trailers_only
             .headers_mut()
             .insert(GRPC_STATUS, "14".parse().unwrap());
-        assert!(pending_end(&watch(trailers_only)).is_none());
-        assert!(pending_end(&watch(Response::new(()))).is_none());
+        assert!(pending_end(&watch_now(trailers_only)).is_none());
+        assert!(pending_end(&watch_now(Response::new(()))).is_none());
     }
 }

@@ -330,8 +330,9 @@ where
 }
 
 /// Records a gRPC answer by its code's name: a trailers-only answer's at once, else the
-/// code at the end of its stream (`error` if it breaks; if the reader abandons it, as any
-/// call dropped unanswered: `timeout` past its deadline, else 499).
+/// code at the end of its stream (`error` if it breaks, `timeout` if its deadline cut it; if
+/// the reader abandons it, as any call dropped unanswered: `timeout` past its deadline, else
+/// 499).
 #[cfg(feature = "grpc")]
 fn record_grpc<B>(response: &Response<B>, mut recording: Recording) {
     use crate::grpc::end_of_stream::{pending_end, StreamEnd};
@@ -346,8 +347,12 @@ fn record_grpc<B>(response: &Response<B>, mut recording: Recording) {
             match end {
                 StreamEnd::Status(code) => recording.status = Some(Status::Failed(code_name(code))),
                 StreamEnd::Failed => {
-                    recording.status =
-                        Some(Status::Failed(recording.instruments.failure_values.error));
+                    let error = recording.instruments.failure_values.error;
+                    recording.status = Some(Status::Failed(error));
+                }
+                StreamEnd::TimedOut => {
+                    let timeout = recording.instruments.failure_values.timeout;
+                    recording.status = Some(Status::Failed(timeout));
                 }
                 StreamEnd::Abandoned => {}
             }
