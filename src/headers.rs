@@ -10,7 +10,7 @@
 //! | `X-Service-Name` | the calling service's name |
 //! | `X-Do-Not-Retry` | `1` on a response the caller must not retry |
 //! | `X-Circuit-Breaker` | `1` on a response an open breaker made up |
-//! | `grpc-timeout` | read only: 1 to 8 digits and a unit `H M S m u n` |
+//! | `grpc-timeout` | 1 to 8 digits and a unit `H M S m u n`; written on gRPC calls only |
 //!
 //! Every parser returns `None` for a malformed value (empty, negative, NaN, infinite, too large,
 //! not UTF-8, letters where digits belong) and logs it at trace level. Callers ignore what they
