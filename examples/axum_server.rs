@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use axum::{routing::get, Json, Router};
-use prometheus::Registry;
 use serde_json::{json, Value};
 use tower_lifeline::client::Client;
 use tower_lifeline::server::Server;
@@ -32,10 +31,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
 
     // One call adds metrics, deadline, priority, load shedding, /metrics, /healthz, /readyz and
     // graceful shutdown.
-    let server = Server::builder()
-        .capacity(256)
-        .registry(Registry::new())
-        .build(app)?;
+    let server = Server::builder().capacity(256).build(app)?;
     let shutdown = server.shutdown().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -6,14 +6,14 @@
 //! ```
 //!
 //! Prints the status line, the body and how many attempts were made. Exits 0 on a 2xx, 1 on
-//! another status, 2 on a transport failure or an exceeded deadline (with a one-line reason),
-//! 64 on bad arguments.
+//! another status, 2 on a transport failure, a body cut short or an exceeded deadline (with a
+//! one-line reason), 64 on bad arguments (a URL that does not parse among them).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use http::Method;
-use tower_lifeline::client::Client;
+use tower_lifeline::client::{Client, InvalidRequest};
 use tower_lifeline::deadline::DeadlineExceeded;
 use tower_lifeline::error::find_source;
 use tower_lifeline::strategy::{Delays, Strategy};
@@ -42,7 +42,7 @@ EXIT STATUS:
     0    a 2xx answer, its body read whole
     1    an answer that is not 2xx
     2    no answer: deadline exceeded, connection failed, a body cut short
-    64   bad arguments";
+    64   bad arguments, a URL that does not parse";
 
 struct Args {
     url: String,
@@ -179,18 +179,15 @@ async fn main() -> ExitCode {
             }
         }
         Err(err) => {
+            // A URL that does not parse is a bad argument too.
+            if find_source::<InvalidRequest>(err.as_ref()).is_some() {
+                eprintln!("error: {err}\n\n{HELP}");
+                return ExitCode::from(64);
+            }
+            // The crate's errors display their causes on one line.
             let reason = match find_source::<DeadlineExceeded>(err.as_ref()) {
                 Some(exceeded) => format!("deadline exceeded: {exceeded}"),
-                None => {
-                    let mut reason = err.to_string();
-                    let mut source = err.source();
-                    while let Some(cause) = source {
-                        reason.push_str(": ");
-                        reason.push_str(&cause.to_string());
-                        source = cause.source();
-                    }
-                    format!("request failed: {reason}")
-                }
+                None => format!("request failed: {err}"),
             };
             eprintln!("{reason}");
             ExitCode::from(2)

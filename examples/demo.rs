@@ -106,7 +106,7 @@ async fn frontend_work(State(front): State<Frontend>, Path(strategy): Path<Strin
         return StatusCode::NOT_FOUND;
     };
     match client
-        .get(&format!("http://{}/item", front.backend))
+        .get(format!("http://{}/item", front.backend))
         .route("/item")
         .send()
         .await
@@ -292,7 +292,7 @@ async fn outage(
             while !stop.load(Ordering::Relaxed) {
                 let during = backend.outage.load(Ordering::Relaxed);
                 let result = client
-                    .get(&format!("http://{addr}/item"))
+                    .get(format!("http://{addr}/item"))
                     .timeout(Duration::from_secs(1))
                     .send()
                     .await;

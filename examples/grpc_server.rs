@@ -19,7 +19,6 @@
 mod context_grpc;
 
 use context_grpc::{ContextReply, ContextServer};
-use prometheus::Registry;
 use serde_json::json;
 use tower_lifeline::server::Server;
 use tower_lifeline::shutdown::Drained;
@@ -77,7 +76,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     }
 
     let routes = tonic::service::Routes::new(context_service()).into_axum_router();
-    let server = Server::builder().registry(Registry::new()).build(routes)?;
+    let server = Server::builder().build(routes)?;
     server.shutdown().listen_for_signals();
     println!(
         "tower-lifeline server stack serving gRPC on http://{addr} (SIGTERM or Ctrl-C drains)"

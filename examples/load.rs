@@ -17,11 +17,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use prometheus::Registry;
 use tokio::time::Instant;
 use tower_lifeline::circuit_breaker::CircuitBreakerSettings;
 use tower_lifeline::client::Client;
 use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig};
+use tower_lifeline::prometheus::Registry;
 use tower_lifeline::strategy::{Delays, Strategy, StrategyLayer};
 use tower_lifeline::Priority;
 
@@ -100,7 +100,6 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     let registry = Registry::new();
     let client_metrics = ClientMetrics::register(&registry, MetricsConfig::default())?;
     let strategy = StrategyLayer::new();
-    metrics::register_strategy(&registry, strategy.stats())?;
     // A breaker that reacts within a second or two, so that an outage of a few seconds shows.
     let breaker = CircuitBreakerSettings::builder()
         .failure_threshold(0.5)
@@ -115,9 +114,6 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         .circuit_breaker(Some(breaker))
         .metrics(client_metrics)
         .build()?;
-    if let Some(breakers) = client.breakers() {
-        metrics::register_circuit_breaker(&registry, breakers.clone())?;
-    }
 
     let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
     let app: Router = Router::new().route("/metrics", metrics::route(registry));
@@ -155,7 +151,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
                 match n % 20 {
                     0 => client.get("/status/404").route("/status/{code}"),
                     1..=6 => client
-                        .get(&format!("/slow?ms={}", fastrand::u64(5..80)))
+                        .get(format!("/slow?ms={}", fastrand::u64(5..80)))
                         .route("/slow")
                         .strategy(Strategy::parallel(
                             2,

@@ -53,7 +53,7 @@ fn hop(
             let mut report = json!({ name: what_i_saw(ctx) });
             tokio::time::sleep(work).await;
             if let Some(next) = next {
-                let downstream = match client.get(&format!("http://{next}/")).send().await {
+                let downstream = match client.get(format!("http://{next}/")).send().await {
                     Ok(response) if response.status().is_success() => {
                         response.json::<Value>().await.unwrap_or(Value::Null)
                     }

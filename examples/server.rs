@@ -19,7 +19,6 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use tower_lifeline::priority::Network;
@@ -162,9 +161,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         return Ok(());
     }
 
-    let mut builder = Server::builder()
-        .registry(Registry::new())
-        .shutdown(Shutdown::new().drain_delay(drain_delay));
+    let mut builder = Server::builder().shutdown(Shutdown::new().drain_delay(drain_delay));
     for (flag, value) in settings {
         let ms = Duration::from_millis(value);
         builder = match flag.as_str() {

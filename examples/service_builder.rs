@@ -14,11 +14,11 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use prometheus::Registry;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifeline::body::ReplayBody;
 use tower_lifeline::circuit_breaker::CircuitBreakerLayer;
 use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig, ServerMetrics};
+use tower_lifeline::prometheus::Registry;
 use tower_lifeline::propagation::PropagateLayer;
 use tower_lifeline::shutdown::Shutdown;
 use tower_lifeline::strategy::StrategyLayer;
@@ -41,7 +41,7 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
                 .layer(server_metrics.layer())
                 .server_deadline(Duration::from_secs(20))
                 .server_priority()
-                .layer(tower_lifeline::load_shed::LoadShedLayer::new(512)),
+                .shed_load(512),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use axum::{extract::Request, routing::get, Extension, Router};
-use prometheus::Registry;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tower_lifeline::client::Client;
 use tower_lifeline::server::{PeerCertificates, Server, ServerTls};
@@ -54,10 +53,7 @@ async fn main() -> Result<(), Error> {
     let tls = ServerTls::builder(&server_cert, &server_key)
         .client_ca_pem(ca.pem())
         .build()?;
-    let server = Server::builder()
-        .registry(Registry::new())
-        .tls(tls)
-        .build(app)?;
+    let server = Server::builder().tls(tls).build(app)?;
     let shutdown = server.shutdown().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -19,7 +19,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
-use prometheus::Registry;
 use tokio_tungstenite::tungstenite;
 use tower_lifeline::server::Server;
 use tower_lifeline::shutdown::{DrainGuard, Drained, Shutdown};
@@ -81,7 +80,6 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     };
     let shutdown = Shutdown::new().grace_period(Duration::from_secs(10));
     let server = Server::builder()
-        .registry(Registry::new())
         .shutdown(shutdown.clone())
         .build(app(&shutdown))?;
     let addr = serve_on.unwrap_or_else(|| "127.0.0.1:0".to_owned());

@@ -17,14 +17,13 @@ mod sealed {
 /// ```
 /// use std::time::Duration;
 /// use tower::ServiceBuilder;
-/// use tower_lifeline::propagation::PropagateLayer;
 /// use tower_lifeline::ServiceBuilderExt;
 ///
-/// // The client side: deadline, then propagation closest to the wire.
-/// let client_layers = ServiceBuilder::new()
-///     .client_deadline(Duration::from_secs(5))
-///     .propagate(PropagateLayer::new().service_name("checkout").unwrap());
-/// # let _ = client_layers;
+/// // The server side: the caller's deadline (20 s if it sent none), then its priority.
+/// let server_layers = ServiceBuilder::new()
+///     .server_deadline(Duration::from_secs(20))
+///     .server_priority();
+/// # let _ = server_layers;
 /// ```
 ///
 /// This trait is sealed: it is implemented for `ServiceBuilder` only.
@@ -69,8 +68,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// Load shedding by priority and deadline
     /// ([`LoadShedLayer`](crate::load_shed::LoadShedLayer)) with the given capacity and the
     /// other settings at their defaults. Put it inside the deadline and priority layers.
+    ///
+    /// Named `shed_load`, not `load_shed`, because tower's own `ServiceBuilder::load_shed`
+    /// (feature `load-shed`, in tower's `full`) is an inherent method and would shadow it.
     #[cfg(feature = "load-shed")]
-    fn load_shed(
+    fn shed_load(
         self,
         capacity: usize,
     ) -> ServiceBuilder<Stack<crate::load_shed::LoadShedLayer, L>>;
@@ -154,7 +156,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "load-shed")]
-    fn load_shed(
+    fn shed_load(
         self,
         capacity: usize,
     ) -> ServiceBuilder<Stack<crate::load_shed::LoadShedLayer, L>> {

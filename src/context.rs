@@ -137,6 +137,37 @@ impl Deadline {
     }
 }
 
+/// The time left, as a person reads it: `4.997s left`, or `expired` once it has passed. An
+/// instant means nothing outside the process; the time left is what a log line needs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lifeline::context::Deadline;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let deadline = Deadline::after(Duration::from_millis(4_997));
+/// assert_eq!(deadline.to_string(), "4.997s left");
+/// tokio::time::advance(Duration::from_secs(5)).await;
+/// assert_eq!(deadline.to_string(), "expired");
+/// # }
+/// ```
+impl std::fmt::Display for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            f.write_str("expired")
+        } else {
+            write!(
+                f,
+                "{}.{:03}s left",
+                remaining.as_secs(),
+                remaining.subsec_millis()
+            )
+        }
+    }
+}
+
 /// Marks a request whose [`Deadline`] is one attempt's share of the call's deadline (the strategy
 /// layer's [`Split`](crate::strategy::AttemptDeadline::Split)), not the call's own: an attempt
 /// timeout that runs out at it has spent its share, and the call may still have time to retry.

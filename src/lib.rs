@@ -146,3 +146,8 @@ pub mod grpc;
 pub use context::{Deadline, Priority, RequestContext};
 pub use error::BoxError;
 pub use outcome::Outcome;
+
+/// The `prometheus` crate this one registers its metrics with, so that an application names
+/// the same version without pinning it (a second version is a second, incompatible `Registry`).
+#[cfg(feature = "metrics")]
+pub use prometheus;

@@ -152,8 +152,11 @@ impl ServerBuilder {
         self
     }
 
-    /// Where the metrics are registered and what `/metrics` serves (default: the process-wide
-    /// default registry).
+    /// Where the server's metrics are registered (default: a registry of this server's own, so
+    /// that two servers in one process, in tests say, never collide). `/metrics` serves it and,
+    /// after it, the process-wide default registry, where `prometheus`'s `register_*!` macros
+    /// put an application's own metrics. Register client metrics here to serve them too
+    /// (`ClientMetrics::register(server.registry(), ..)`).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
         self
@@ -254,9 +257,7 @@ impl ServerBuilder {
     /// `app` must leave `/metrics`, `/healthz` and `/readyz` free: axum panics on overlapping
     /// routes, at this call, at start-up.
     pub fn build(self, app: Router) -> Result<Server, prometheus::Error> {
-        let registry = self
-            .registry
-            .unwrap_or_else(|| prometheus::default_registry().clone());
+        let registry = self.registry.unwrap_or_default();
         let server_metrics = ServerMetrics::register(&registry, self.metrics)?;
         let shed = match self.capacity {
             Some(capacity) => LoadShedLayer::new(capacity),
@@ -277,7 +278,10 @@ impl ServerBuilder {
         #[cfg(feature = "opentelemetry")]
         let app = app.layer(crate::otel::ServerTraceLayer::new());
         let mut router = app;
-        let metrics_routes = Router::new().route("/metrics", metrics::route(registry.clone()));
+        let metrics_routes = Router::new().route(
+            "/metrics",
+            metrics::route_with_default_registry(registry.clone()),
+        );
         let metrics_server = match self.metrics_listener {
             Some(listener) => Some((listener, metrics_routes)),
             None => {
@@ -351,7 +355,7 @@ impl Server {
         self.shed.stats()
     }
 
-    /// The registry `/metrics` serves.
+    /// The server's registry, which `/metrics` serves (with the process-wide default one).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -158,7 +158,7 @@ async fn aio_request_metrics_have_its_label_values_for_answers_and_failures() {
     };
     let refused = format!("http://127.0.0.1:{refused_port}");
     client
-        .get(&format!("{refused}/down"))
+        .get(format!("{refused}/down"))
         .route("/down")
         .send()
         .await
@@ -392,7 +392,7 @@ async fn the_request_hook_does_not_run_on_a_redirect_that_left_the_origin() {
         .build()
         .unwrap();
     let response = client
-        .get(&format!("http://{a}/go"))
+        .get(format!("http://{a}/go"))
         .header("authorization", "Bearer also-secret")
         .send()
         .await

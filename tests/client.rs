@@ -168,7 +168,7 @@ async fn a_refused_connection_is_an_error_not_a_panic() {
     };
     let client = Client::builder().build().unwrap();
     let err = client
-        .get(&format!("http://127.0.0.1:{port}/"))
+        .get(format!("http://127.0.0.1:{port}/"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -254,4 +254,51 @@ async fn propagation_headers_reach_only_the_allowed_hosts() {
         .await
         .unwrap();
     assert_eq!(seen, json!([]), "nothing reaches a host off the list");
+}
+
+#[tokio::test]
+async fn a_refused_connection_displays_its_cause_and_keeps_hyper_utils_error_in_reach() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = Client::builder().build().unwrap();
+    // A `String` URL, as `format!` gives it.
+    let err = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("client error (Connect)") && shown.contains("Connection refused"),
+        "{shown}"
+    );
+    let transport = find_source::<tower_lifeline::client::TransportError>(err.as_ref()).unwrap();
+    assert!(transport.is_connect());
+    assert!(find_source::<hyper_util::client::legacy::Error>(err.as_ref()).is_some());
+    assert!(find_source::<std::io::Error>(err.as_ref()).is_some());
+}
+
+#[tokio::test]
+async fn a_deadline_in_a_handler_displays_as_the_time_left() {
+    let app = Router::new().route(
+        "/deadline",
+        get(|ctx: RequestContext| async move { ctx.deadline().unwrap().to_string() }),
+    );
+    let addr =
+        common::serve(app.layer(ServiceBuilder::new().server_deadline(Duration::from_secs(20))))
+            .await;
+    let client = Client::builder().build().unwrap();
+    let response = client
+        .get(format!("http://{addr}/deadline"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .unwrap();
+    let shown = response.text().await.unwrap();
+    // `2.9xxs left`: the caller's 3 s, less the trip.
+    assert!(
+        shown.starts_with("2.") && shown.ends_with("s left"),
+        "{shown}"
+    );
 }

@@ -92,7 +92,6 @@ async fn retries_hedging_breaker_deadline_and_metrics_end_to_end() {
     let client_metrics =
         ClientMetrics::register(&client_registry, MetricsConfig::default()).unwrap();
     let strategy = StrategyLayer::new().budget(None);
-    metrics::register_strategy(&client_registry, strategy.stats()).unwrap();
     let breaker = CircuitBreakerSettings::builder()
         .failure_threshold(0.5)
         .minimum_throughput(6)
@@ -107,8 +106,6 @@ async fn retries_hedging_breaker_deadline_and_metrics_end_to_end() {
         .circuit_breaker(Some(breaker))
         .metrics(client_metrics)
         .build()
-        .unwrap();
-    metrics::register_circuit_breaker(&client_registry, client.breakers().unwrap().clone())
         .unwrap();
 
     // Retries: GET is retried through two 503s.

@@ -352,7 +352,7 @@ async fn a_retry_after_503_is_honoured_only_while_it_fits_the_deadline() {
     let client = Client::builder().build().unwrap();
     // 300 ms: the 1 s wait does not fit, the 503 comes back at once after one attempt.
     let response = client
-        .get(&server.url())
+        .get(server.url())
         .timeout(Duration::from_millis(300))
         .send()
         .await
@@ -361,7 +361,7 @@ async fn a_retry_after_503_is_honoured_only_while_it_fits_the_deadline() {
     assert_eq!(response.attempts(), 1);
     // 1.5 s: one wait of 1 s fits, a second does not.
     let response = client
-        .get(&server.url())
+        .get(server.url())
         .timeout(Duration::from_millis(1_500))
         .send()
         .await
@@ -421,7 +421,7 @@ async fn a_post_without_idempotency_key_reaches_the_server_once_under_every_faul
             let client = Client::builder().strategy(layer).build().unwrap();
             let before = server.requests();
             let mut request = client
-                .post(&server.url())
+                .post(server.url())
                 .body("{\"order\": 7}")
                 .timeout(Duration::from_millis(600));
             if let Some(strategy) = per_request {
@@ -453,7 +453,7 @@ async fn a_get_is_retried_under_faults_but_never_past_its_attempts() {
     let server = FaultServer::start(Fault::Reset);
     let client = Client::builder().build().unwrap();
     let err = client
-        .get(&server.url())
+        .get(server.url())
         .timeout(Duration::from_secs(2))
         .send()
         .await

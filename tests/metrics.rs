@@ -68,7 +68,7 @@ async fn server_and_client_series_after_real_requests() {
             3,
             Delays::constant(Duration::from_millis(5)),
         ));
-    metrics::register_strategy(&client_registry, strategy.stats()).unwrap();
+    client_metrics.watch_strategy(strategy.stats());
     let client = ServiceBuilder::new()
         .layer(client_metrics.call_layer())
         .layer(ClientDeadlineLayer::new().write_header(false))
@@ -146,4 +146,45 @@ async fn a_caller_that_goes_away_is_recorded_as_499_and_its_call_as_timeout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(server_text.contains(line), "missing {line}\n{server_text}");
+}
+
+#[tokio::test]
+async fn an_attempt_cut_by_the_attempt_timeout_is_recorded_as_timeout_not_499() {
+    let server_registry = Registry::new();
+    let addr = start_server(&server_registry).await;
+    let client_registry = Registry::new();
+    let client_metrics =
+        ClientMetrics::register(&client_registry, MetricsConfig::default()).unwrap();
+    let client = tower_lifeline::client::Client::builder()
+        .base_url(&format!("http://{addr}"))
+        .attempt_timeout(Duration::from_millis(150))
+        .metrics(client_metrics)
+        .build()
+        .unwrap();
+
+    let err = client
+        .get("/slow")
+        .route("/slow")
+        .strategy(Strategy::single())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        tower_lifeline::error::find_source::<tower_lifeline::timeout::AttemptTimedOut>(
+            err.as_ref()
+        )
+        .is_some(),
+        "{err:?}"
+    );
+
+    let text = metrics::render(&client_registry).unwrap();
+    let attempt = "http_client_attempt_duration_seconds_count{";
+    let attempts: Vec<&str> = text.lines().filter(|l| l.starts_with(attempt)).collect();
+    assert_eq!(attempts.len(), 1, "{text}");
+    assert!(attempts[0].contains(r#"status="timeout"} 1"#), "{text}");
+    let call = "http_client_request_duration_seconds_count{";
+    let calls: Vec<&str> = text.lines().filter(|l| l.starts_with(call)).collect();
+    assert_eq!(calls.len(), 1, "{text}");
+    assert!(calls[0].contains(r#"status="timeout"} 1"#), "{text}");
 }

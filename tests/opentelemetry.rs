@@ -146,7 +146,7 @@ async fn one_trace_spans_two_hops_with_retried_and_hedged_attempts_as_siblings()
     let client = Client::builder().service_name("edge").build().unwrap();
     let root = tracing::info_span!("edge request");
     let response = client
-        .get(&format!("{a}/front"))
+        .get(format!("{a}/front"))
         .route("/front")
         .timeout(Duration::from_secs(5))
         .send()

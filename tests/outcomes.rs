@@ -380,7 +380,7 @@ async fn a_body_cut_mid_way_is_a_failed_attempt_retried_and_counted_by_the_break
         .build()
         .unwrap();
     let response = client
-        .get(&format!("http://{addr}/"))
+        .get(format!("http://{addr}/"))
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -404,7 +404,7 @@ async fn a_post_that_never_left_is_sent_again_up_to_the_connection_attempts() {
     let stats = strategy.stats();
     let client = Client::builder().strategy(strategy).build().unwrap();
     let err = client
-        .post(&format!("http://127.0.0.1:{port}/orders"))
+        .post(format!("http://127.0.0.1:{port}/orders"))
         .body("{\"order\": 7}")
         .timeout(Duration::from_secs(5))
         .send()
@@ -419,7 +419,7 @@ async fn a_post_that_never_left_is_sent_again_up_to_the_connection_attempts() {
     let stats = strategy.stats();
     let client = Client::builder().strategy(strategy).build().unwrap();
     let _ = client
-        .post(&format!("http://127.0.0.1:{port}/orders"))
+        .post(format!("http://127.0.0.1:{port}/orders"))
         .send()
         .await
         .unwrap_err();
@@ -592,7 +592,7 @@ async fn post_over_http2(
         .build()
         .unwrap();
     let result = client
-        .post(&format!("http://{addr}/orders"))
+        .post(format!("http://{addr}/orders"))
         .body("{\"order\": 7}")
         .timeout(Duration::from_secs(5))
         .send()

@@ -70,7 +70,7 @@ async fn retries_and_propagation_work_over_reqwest() {
     let addr = backend().await;
     let client = over_reqwest().build().unwrap();
     let response = client
-        .get(&format!("http://{addr}/flaky"))
+        .get(format!("http://{addr}/flaky"))
         .timeout(Duration::from_secs(3))
         .send()
         .await
@@ -89,7 +89,7 @@ async fn a_hedge_over_reqwest_wins_past_a_hanging_first_attempt() {
     let client = over_reqwest().build().unwrap();
     let started = tokio::time::Instant::now();
     let response = client
-        .get(&format!("http://{addr}/slow"))
+        .get(format!("http://{addr}/slow"))
         .strategy(Strategy::parallel(
             2,
             Delays::constant(Duration::from_millis(50)),
@@ -119,7 +119,7 @@ async fn the_deadline_and_the_breaker_work_over_reqwest() {
     // A hanging attempt ends at the deadline as a failure of the destination.
     let started = tokio::time::Instant::now();
     let err = client
-        .get(&format!("http://{addr}/slow"))
+        .get(format!("http://{addr}/slow"))
         .timeout(Duration::from_millis(200))
         .send()
         .await
@@ -129,7 +129,7 @@ async fn the_deadline_and_the_breaker_work_over_reqwest() {
     // Two 503s more make three failures in a row: the breaker opens and refuses at once.
     for _ in 0..2 {
         let response = client
-            .get(&format!("http://{addr}/down"))
+            .get(format!("http://{addr}/down"))
             .send()
             .await
             .unwrap();
@@ -140,7 +140,7 @@ async fn the_deadline_and_the_breaker_work_over_reqwest() {
         Some(CircuitState::Open)
     );
     let refused = client
-        .get(&format!("http://{addr}/down"))
+        .get(format!("http://{addr}/down"))
         .send()
         .await
         .unwrap_err();
@@ -157,7 +157,7 @@ async fn a_refused_connection_over_reqwest_never_left_and_a_post_is_resent() {
     let stats = strategy.stats();
     let client = over_reqwest().strategy(strategy).build().unwrap();
     let err = client
-        .post(&format!("http://127.0.0.1:{port}/orders"))
+        .post(format!("http://127.0.0.1:{port}/orders"))
         .body("{}")
         .send()
         .await

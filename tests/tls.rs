@@ -151,7 +151,7 @@ async fn https_to_a_private_ca_negotiates_http2_by_alpn() {
     let addr = tls_server(ca.issue(&["localhost", "127.0.0.1"], false), None).await;
     let client = trusting(&ca).build().unwrap();
     let response = client
-        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .get(format!("https://127.0.0.1:{}/", addr.port()))
         .send()
         .await
         .unwrap();
@@ -180,7 +180,7 @@ async fn call_refused(ca: &Ca, certificate: (String, String)) -> tower_lifeline:
     trusting(ca)
         .build()
         .unwrap()
-        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .get(format!("https://127.0.0.1:{}/", addr.port()))
         .send()
         .await
         .unwrap_err()
@@ -247,7 +247,7 @@ async fn retries_and_propagation_behave_over_tls_as_over_cleartext() {
     let addr = tls_server(ca.issue(&["127.0.0.1"], false), None).await;
     let client = trusting(&ca).build().unwrap();
     let response = client
-        .get(&format!("https://127.0.0.1:{}/flaky", addr.port()))
+        .get(format!("https://127.0.0.1:{}/flaky", addr.port()))
         .timeout(Duration::from_secs(3))
         .send()
         .await
@@ -399,12 +399,12 @@ mod server_preset {
         .await;
         let client = trusting(&ca).build().unwrap();
         let url = format!("https://127.0.0.1:{}", addr.port());
-        let response = client.get(&format!("{url}/version")).send().await.unwrap();
+        let response = client.get(format!("{url}/version")).send().await.unwrap();
         assert_eq!(response.text().await.unwrap(), "HTTP/2.0");
         // The server stack is there: /healthz and /metrics answer over TLS too.
-        let health = client.get(&format!("{url}/healthz")).send().await.unwrap();
+        let health = client.get(format!("{url}/healthz")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
-        let metrics = client.get(&format!("{url}/metrics")).send().await.unwrap();
+        let metrics = client.get(format!("{url}/metrics")).send().await.unwrap();
         assert!(metrics
             .text()
             .await

@@ -13,12 +13,12 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use http::Uri;
-use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_lifeline::client::Client;
 use tower_lifeline::deadline::ClientDeadlineLayer;
 use tower_lifeline::grpc::GrpcTransportLayer;
+use tower_lifeline::prometheus::Registry;
 use tower_lifeline::propagation::PropagateLayer;
 use tower_lifeline::server::Server;
 use tower_lifeline::{Priority, RequestContext};
@@ -73,7 +73,7 @@ pub async fn start() -> SocketAddr {
         async move {
             let mut hops = vec![Hop::here("B (gRPC)")];
             let answer = to_c
-                .get(&format!("http://{c}/context"))
+                .get(format!("http://{c}/context"))
                 .send()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -130,7 +130,7 @@ pub async fn start() -> SocketAddr {
 pub async fn call(a: SocketAddr, timeout: Duration, priority: Priority) -> Vec<Hop> {
     let client = Client::builder().build().expect("default client");
     let answer = client
-        .get(&format!("http://{a}/bridge"))
+        .get(format!("http://{a}/bridge"))
         .timeout(timeout)
         .priority(priority)
         .send()

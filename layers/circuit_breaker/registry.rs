@@ -121,6 +121,16 @@ impl BreakerRegistry {
             .map(|s| s.state())
     }
 
+    /// Whether `self` and `other` are handles on the same table.
+    pub(crate) fn same_table(&self, other: &BreakerRegistry) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+    }
+
+    /// Whether this handle is the table's last: no layer or service can count into it any more.
+    pub(crate) fn is_last_handle(&self) -> bool {
+        Arc::strong_count(&self.table) == 1
+    }
+
     /// Calls refused so far by this table's open and half-open breakers.
     pub fn refused(&self) -> u64 {
         self.table.core.refused.load(Ordering::Relaxed)

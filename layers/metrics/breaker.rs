@@ -1,19 +1,42 @@
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntGaugeVec, Opts};
 
 use crate::circuit_breaker::{BreakerRegistry, CircuitState};
 
-/// Exposes a breaker table's states and refusals, read when Prometheus scrapes: the request path
-/// pays nothing, and the gauge has one series per remembered scope, so it is bounded by the
-/// table's `max_scopes`.
-struct BreakerCollector {
-    breakers: BreakerRegistry,
+/// Exposes the states and refusals of every breaker table a
+/// [`ClientMetrics`](super::ClientMetrics) watches, read when Prometheus scrapes: the request
+/// path pays nothing, and the gauge has one series per remembered scope, so it is bounded by the
+/// tables' `max_scopes`.
+pub(super) struct BreakerCollector {
     state: IntGaugeVec,
     refusals: IntCounter,
-    scraping: Mutex<()>,
+    /// Also keeps two scrapes at once from both adding the same increase.
+    sources: Mutex<Sources>,
+}
+
+/// The tables watched. A table that only this list still holds (its clients are gone) is
+/// folded into `retired_refusals` and leaves the gauge.
+#[derive(Default)]
+struct Sources {
+    live: Vec<BreakerRegistry>,
+    retired_refusals: u64,
+}
+
+impl Sources {
+    fn retire_unused(&mut self) {
+        let retired = &mut self.retired_refusals;
+        self.live.retain(|table| {
+            let unused = table.is_last_handle();
+            if unused {
+                *retired += table.refused();
+            }
+            !unused
+        });
+    }
 }
 
 fn gauge_value(state: CircuitState) -> i64 {
@@ -24,63 +47,73 @@ fn gauge_value(state: CircuitState) -> i64 {
     }
 }
 
-impl Collector for BreakerCollector {
+impl BreakerCollector {
+    /// `http_client_circuit_breaker_state{scope}` (0 closed, 1 half-open, 2 open) and
+    /// `http_client_circuit_breaker_refusals_total`, watching nothing yet.
+    pub(super) fn new() -> Result<Self, prometheus::Error> {
+        Ok(BreakerCollector {
+            state: IntGaugeVec::new(
+                Opts::new(
+                    "http_client_circuit_breaker_state",
+                    "Circuit breaker state per scope: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["scope"],
+            )?,
+            refusals: IntCounter::new(
+                "http_client_circuit_breaker_refusals_total",
+                "Calls refused by an open or half-open circuit breaker.",
+            )?,
+            sources: Mutex::new(Sources::default()),
+        })
+    }
+
+    /// Adds a breaker table; a table already watched is not added twice.
+    pub(super) fn watch(&self, breakers: BreakerRegistry) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if !sources.live.iter().any(|known| known.same_table(&breakers)) {
+            sources.retire_unused();
+            sources.live.push(breakers);
+        }
+    }
+}
+
+/// The collector as the registry holds it, shared with the [`ClientMetrics`](super::ClientMetrics)
+/// that adds tables to it.
+pub(super) struct Registered(pub(super) Arc<BreakerCollector>);
+
+impl Collector for Registered {
     fn desc(&self) -> Vec<&Desc> {
-        let mut descs = self.state.desc();
-        descs.extend(self.refusals.desc());
+        let mut descs = self.0.state.desc();
+        descs.extend(self.0.refusals.desc());
         descs
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _scraping = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
-        // Rebuilt at every scrape, so forgotten scopes disappear from the gauge too.
-        self.state.reset();
-        for scope in self.breakers.snapshot() {
-            self.state
-                .with_label_values(&[scope.scope.as_str()])
-                .set(gauge_value(scope.state));
+        let this = &self.0;
+        let mut sources = this.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.retire_unused();
+        // Two clients may each have a breaker for one destination: the gauge shows the worse.
+        let mut states = BTreeMap::new();
+        for scope in sources.live.iter().flat_map(BreakerRegistry::snapshot) {
+            let value = gauge_value(scope.state);
+            let worst = states.entry(scope.scope).or_insert(value);
+            *worst = (*worst).max(value);
         }
-        let refused = self.breakers.refused();
-        self.refusals
-            .inc_by(refused.saturating_sub(self.refusals.get()));
-        let mut families = self.state.collect();
-        families.extend(self.refusals.collect());
+        // Rebuilt at every scrape, so forgotten scopes disappear from the gauge too.
+        this.state.reset();
+        for (scope, value) in states {
+            this.state.with_label_values(&[scope.as_str()]).set(value);
+        }
+        let refused = sources.retired_refusals
+            + sources
+                .live
+                .iter()
+                .map(BreakerRegistry::refused)
+                .sum::<u64>();
+        this.refusals
+            .inc_by(refused.saturating_sub(this.refusals.get()));
+        let mut families = this.state.collect();
+        families.extend(this.refusals.collect());
         families
     }
-}
-
-/// Registers a circuit breaker table's metrics in `registry`:
-/// `http_client_circuit_breaker_state{scope}` (0 closed, 1 half-open, 2 open) and
-/// `http_client_circuit_breaker_refusals_total`.
-///
-/// ```
-/// use prometheus::Registry;
-/// use tower_lifeline::circuit_breaker::CircuitBreakerLayer;
-///
-/// let registry = Registry::new();
-/// let breaker = CircuitBreakerLayer::default();
-/// tower_lifeline::metrics::register_circuit_breaker(&registry, breaker.registry()).unwrap();
-/// let text = tower_lifeline::metrics::render(&registry).unwrap();
-/// assert!(text.contains("http_client_circuit_breaker_refusals_total 0"));
-/// ```
-pub fn register_circuit_breaker(
-    registry: &Registry,
-    breakers: BreakerRegistry,
-) -> Result<(), prometheus::Error> {
-    let collector = BreakerCollector {
-        breakers,
-        state: IntGaugeVec::new(
-            Opts::new(
-                "http_client_circuit_breaker_state",
-                "Circuit breaker state per scope: 0 closed, 1 half-open, 2 open.",
-            ),
-            &["scope"],
-        )?,
-        refusals: IntCounter::new(
-            "http_client_circuit_breaker_refusals_total",
-            "Calls refused by an open or half-open circuit breaker.",
-        )?,
-        scraping: Mutex::new(()),
-    };
-    registry.register(Box::new(collector))
 }

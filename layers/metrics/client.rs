@@ -21,6 +21,12 @@ use crate::error::BoxError;
 use crate::headers;
 
 struct Instruments {
+    /// The strategy layers' retries, hedges and budget refusals, summed.
+    #[cfg(feature = "strategy")]
+    strategies: Arc<super::strategy::StrategyCollector>,
+    /// The breaker tables' states and refusals.
+    #[cfg(feature = "circuit-breaker")]
+    breakers: Arc<super::breaker::BreakerCollector>,
     /// By endpoint, method, path, status and circuit_breaker.
     call: SeriesTable<5>,
     /// By endpoint, method, path and status.
@@ -36,8 +42,13 @@ const OPEN_LABELS: &[usize] = &[0, 2];
 /// Client metrics: a histogram of whole calls (what the caller saw, retries included) and one of
 /// single attempts (aio-request's transport latency), by endpoint, method, path and status.
 ///
-/// Register once; put [`call_layer`](Self::call_layer) outermost in the client stack and
-/// [`attempt_layer`](Self::attempt_layer) under the strategy layer. See the [module docs](super).
+/// Register once per registry and share it (it is a cheap clone) among every client stack that
+/// reports there. The [`Client`](crate::client::Client) preset wires it whole
+/// ([`ClientBuilder::metrics`](crate::client::ClientBuilder::metrics)). By hand: put
+/// [`call_layer`](Self::call_layer) outermost in the client stack and
+/// [`attempt_layer`](Self::attempt_layer) under the strategy layer, and hand it the strategy
+/// layer's and the breaker's counters with [`watch_strategy`](Self::watch_strategy) and
+/// [`watch_breakers`](Self::watch_breakers). See the [module docs](super).
 #[derive(Clone)]
 pub struct ClientMetrics {
     instruments: Arc<Instruments>,
@@ -50,7 +61,9 @@ impl fmt::Debug for ClientMetrics {
 }
 
 impl ClientMetrics {
-    /// Registers the client metrics in `registry`. Fails if they are registered there already.
+    /// Registers the client metrics in `registry`: the call and attempt histograms, the label
+    /// overflow counter and, with their features, the strategy's and the breakers' series (at
+    /// zero until a layer is watched). Fails if they are registered there already.
     pub fn register(registry: &Registry, config: MetricsConfig) -> Result<Self, prometheus::Error> {
         let names = &config.names;
         let call = HistogramVec::new(
@@ -70,8 +83,20 @@ impl ClientMetrics {
         registry.register(names.client_collector(call.clone(), false)?)?;
         registry.register(names.client_collector(attempt.clone(), true)?)?;
         registry.register(Box::new(overflow.clone()))?;
+        #[cfg(feature = "strategy")]
+        let strategies = Arc::new(super::strategy::StrategyCollector::new()?);
+        #[cfg(feature = "strategy")]
+        registry.register(Box::new(super::strategy::Registered(strategies.clone())))?;
+        #[cfg(feature = "circuit-breaker")]
+        let breakers = Arc::new(super::breaker::BreakerCollector::new()?);
+        #[cfg(feature = "circuit-breaker")]
+        registry.register(Box::new(super::breaker::Registered(breakers.clone())))?;
         Ok(ClientMetrics {
             instruments: Arc::new(Instruments {
+                #[cfg(feature = "strategy")]
+                strategies,
+                #[cfg(feature = "circuit-breaker")]
+                breakers,
                 call: SeriesTable::new(call, OPEN_LABELS, overflow.clone(), config.max_label_sets),
                 attempt: SeriesTable::new(attempt, OPEN_LABELS, overflow, config.max_label_sets),
                 breaker_values: names.breaker_values,
@@ -79,6 +104,49 @@ impl ClientMetrics {
                 raw_paths: config.raw_paths,
             }),
         })
+    }
+
+    /// Adds a strategy layer's counters ([`StrategyLayer::stats`](crate::strategy::StrategyLayer::stats))
+    /// to `http_client_retries_total`, `http_client_hedges_total`, `http_client_hedge_wins_total`
+    /// and `http_client_retry_budget_refusals_total`, which sum every layer watched. They are
+    /// read when Prometheus scrapes; a layer whose clients are gone keeps its counts in the sums.
+    ///
+    /// ```
+    /// use prometheus::Registry;
+    /// use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig};
+    /// use tower_lifeline::strategy::StrategyLayer;
+    ///
+    /// let registry = Registry::new();
+    /// let client_metrics = ClientMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    /// let strategy = StrategyLayer::new();
+    /// client_metrics.watch_strategy(strategy.stats());
+    /// let text = metrics::render(&registry).unwrap();
+    /// assert!(text.contains("http_client_retries_total 0"));
+    /// ```
+    #[cfg(feature = "strategy")]
+    pub fn watch_strategy(&self, stats: Arc<crate::strategy::StrategyStats>) {
+        self.instruments.strategies.watch(stats);
+    }
+
+    /// Adds a breaker table ([`CircuitBreakerLayer::registry`](crate::circuit_breaker::CircuitBreakerLayer::registry))
+    /// to `http_client_circuit_breaker_state{scope}` (0 closed, 1 half-open, 2 open; the worse
+    /// if two tables know one scope) and `http_client_circuit_breaker_refusals_total`.
+    ///
+    /// ```
+    /// use prometheus::Registry;
+    /// use tower_lifeline::circuit_breaker::CircuitBreakerLayer;
+    /// use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig};
+    ///
+    /// let registry = Registry::new();
+    /// let client_metrics = ClientMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    /// let breaker = CircuitBreakerLayer::default();
+    /// client_metrics.watch_breakers(breaker.registry());
+    /// let text = metrics::render(&registry).unwrap();
+    /// assert!(text.contains("http_client_circuit_breaker_refusals_total 0"));
+    /// ```
+    #[cfg(feature = "circuit-breaker")]
+    pub fn watch_breakers(&self, breakers: crate::circuit_breaker::BreakerRegistry) {
+        self.instruments.breakers.watch(breakers);
     }
 
     /// Measures whole calls; the outermost client layer.

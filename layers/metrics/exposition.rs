@@ -1,17 +1,41 @@
 use http::{header, HeaderValue, Response, StatusCode};
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Renders every metric in `registry` in the Prometheus text format.
 pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
+    render_families(&registry.gather())
+}
+
+fn render_families(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut buffer = Vec::new();
-    TextEncoder::new().encode(&registry.gather(), &mut buffer)?;
+    TextEncoder::new().encode(families, &mut buffer)?;
     String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// `registry`'s families, then those of the process-wide default registry that `registry` does
+/// not have (an application's own metrics, registered by `prometheus`'s macros).
+#[cfg(feature = "axum")]
+fn gather_with_default(registry: &Registry) -> Vec<MetricFamily> {
+    let mut families = registry.gather();
+    let own: std::collections::HashSet<String> =
+        families.iter().map(|f| f.name().to_owned()).collect();
+    families.extend(
+        prometheus::gather()
+            .into_iter()
+            .filter(|family| !own.contains(family.name())),
+    );
+    families
 }
 
 /// A `/metrics` response for `registry`: 200 with the text format, or 500 with the reason if it
 /// cannot be rendered.
 pub fn response(registry: &Registry) -> Response<String> {
-    let (status, body) = match render(registry) {
+    families_response(&registry.gather())
+}
+
+fn families_response(families: &[MetricFamily]) -> Response<String> {
+    let (status, body) = match render_families(families) {
         Ok(text) => (StatusCode::OK, text),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,7 +69,23 @@ pub fn response(registry: &Registry) -> Response<String> {
 pub fn route<S: Clone + Send + Sync + 'static>(
     registry: Registry,
 ) -> axum::routing::MethodRouter<S> {
-    let scrapes = std::sync::Arc::new(single_flight::Scrapes::new(registry));
+    serve(single_flight::Scrapes::new(registry, false))
+}
+
+/// [`route`] for `registry` and, after it, the process-wide default registry: the `Server`
+/// preset's `/metrics`.
+#[cfg(feature = "axum")]
+pub(crate) fn route_with_default_registry<S: Clone + Send + Sync + 'static>(
+    registry: Registry,
+) -> axum::routing::MethodRouter<S> {
+    serve(single_flight::Scrapes::new(registry, true))
+}
+
+#[cfg(feature = "axum")]
+fn serve<S: Clone + Send + Sync + 'static>(
+    scrapes: single_flight::Scrapes,
+) -> axum::routing::MethodRouter<S> {
+    let scrapes = std::sync::Arc::new(scrapes);
     axum::routing::get(move || {
         let scrapes = scrapes.clone();
         async move { scrapes.response().await }
@@ -64,6 +104,8 @@ mod single_flight {
     /// The renders of one registry, one at a time, the latest kept for the scrapes that waited.
     pub(super) struct Scrapes {
         registry: Registry,
+        /// Whether the process-wide default registry is served too.
+        with_default: bool,
         /// Renders begun so far; each is numbered by this count when it begins.
         begun: AtomicU64,
         rendering: tokio::sync::Mutex<()>,
@@ -71,9 +113,10 @@ mod single_flight {
     }
 
     impl Scrapes {
-        pub(super) fn new(registry: Registry) -> Self {
+        pub(super) fn new(registry: Registry, with_default: bool) -> Self {
             Scrapes {
                 registry,
+                with_default,
                 begun: AtomicU64::new(0),
                 rendering: tokio::sync::Mutex::new(()),
                 latest: Mutex::new(None),
@@ -95,7 +138,12 @@ mod single_flight {
                 Some(found) => found,
                 None => {
                     let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
-                    let (parts, body) = super::response(&self.registry).into_parts();
+                    let families = if self.with_default {
+                        super::gather_with_default(&self.registry)
+                    } else {
+                        self.registry.gather()
+                    };
+                    let (parts, body) = super::families_response(&families).into_parts();
                     let body = Bytes::from(body);
                     let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
                     *latest = Some((number, parts.status, body.clone()));
@@ -120,7 +168,7 @@ mod single_flight {
 
         #[tokio::test]
         async fn scrapes_that_wait_for_a_render_share_it_and_later_ones_render_afresh() {
-            let scrapes = Arc::new(Scrapes::new(Registry::new()));
+            let scrapes = Arc::new(Scrapes::new(Registry::new(), false));
             let held = scrapes.rendering.lock().await;
             let waiting: Vec<_> = (0..16)
                 .map(|_| {

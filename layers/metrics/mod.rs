@@ -16,9 +16,11 @@
 //! [`MetricsConfig::raw_paths`] opts in. A transport failure has status `error`, or `timeout`
 //! when a deadline or timeout ended it, or `circuit_open` (with `circuit_breaker="true"`) when a
 //! breaker refused it; a call dropped by its caller, `499`.
-//! [`register_strategy`] exposes the strategy layer's retry, hedge and budget counters, and
-//! [`register_circuit_breaker`] the breakers' states and refusals; on the server side,
-//! [`register_load_shed`] what load shedding refused and why.
+//! The same registration exposes the strategy layers' retry, hedge and budget counters
+//! ([`ClientMetrics::watch_strategy`]) and the breakers' states and refusals
+//! ([`ClientMetrics::watch_breakers`]), for every client that shares it; the `Client` preset
+//! watches its own. On the server side, [`register_load_shed`] exposes what load shedding
+//! refused and why.
 //!
 //! **Names.** By default [`MetricNames::opentelemetry`]; [`MetricNames::aio_request`]
 //! reproduces aio-request's names, labels and buckets exactly; and
@@ -88,11 +90,11 @@ mod strategy;
 #[cfg(test)]
 mod tests;
 
-#[cfg(feature = "circuit-breaker")]
-pub use breaker::register_circuit_breaker;
 pub use client::{ClientMetrics, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
 #[cfg(feature = "axum")]
 pub use exposition::route;
+#[cfg(feature = "axum")]
+pub(crate) use exposition::route_with_default_registry;
 pub use exposition::{render, response};
 #[cfg(feature = "load-shed")]
 pub use load_shed::register_load_shed;
@@ -100,8 +102,6 @@ pub use names::MetricNames;
 pub use server::{
     MeteredBody, ServerMetrics, ServerMetricsFuture, ServerMetricsLayer, ServerMetricsService,
 };
-#[cfg(feature = "strategy")]
-pub use strategy::register_strategy;
 
 /// How the metrics are named and bounded.
 #[derive(Debug, Clone)]

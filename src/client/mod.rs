@@ -89,6 +89,7 @@ type AttemptTrace = tower::layer::util::Identity;
 /// The request body the preset sends.
 pub type ClientBody = Full<Bytes>;
 
+mod error;
 mod pool;
 mod redirect;
 #[cfg(feature = "reqwest")]
@@ -103,6 +104,7 @@ pub use reqwest_transport::{ReqwestFuture, ReqwestTransport};
 #[cfg(feature = "tls")]
 pub use rustls;
 
+pub use error::{ClientBuildError, InvalidRequest, TransportError};
 use pool::{ConnectionLimitLayer, ConnectionLimits};
 pub use pool::{PoolTimeout, MAX_DESTINATIONS};
 use redirect::Resend;
@@ -124,56 +126,6 @@ impl fmt::Debug for AttemptHook {
 struct NoRedirects;
 
 type Stack = BoxCloneSyncService<Request<ClientBody>, Response<FullBody>, BoxError>;
-
-/// A client configuration the builder refused.
-#[non_exhaustive]
-#[derive(Debug)]
-pub enum ClientBuildError {
-    /// The base URL is not an absolute `http` or `https` URL.
-    InvalidBaseUrl(String),
-    /// A default header's name or value is not valid in HTTP.
-    InvalidHeader(String),
-    /// The service name cannot be sent (see [`PropagateLayer::service_name`]).
-    InvalidServiceName(String),
-    /// `https` needs the `tls` feature.
-    TlsUnavailable,
-    /// A TLS setting cannot be used: a PEM that holds no certificate, a key that does not fit
-    /// its certificate, no trusted roots at all.
-    InvalidTls(String),
-}
-
-impl fmt::Display for ClientBuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientBuildError::InvalidBaseUrl(url) => {
-                write!(
-                    f,
-                    "invalid base URL {url:?}: expected an absolute http or https URL"
-                )
-            }
-            ClientBuildError::InvalidHeader(header) => write!(f, "invalid default header {header}"),
-            ClientBuildError::InvalidServiceName(reason) => f.write_str(reason),
-            ClientBuildError::TlsUnavailable => {
-                f.write_str("https needs tower-lifeline's `tls` feature")
-            }
-            ClientBuildError::InvalidTls(reason) => write!(f, "invalid TLS setting: {reason}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientBuildError {}
-
-/// A request the client could not even build: a bad URL or header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRequest(String);
-
-impl fmt::Display for InvalidRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid request: {}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidRequest {}
 
 /// Configures a [`Client`]. See the [module docs](self).
 #[derive(Debug)]
@@ -451,7 +403,24 @@ impl ClientBuilder {
         self
     }
 
-    /// Measure calls and attempts with these (registered) metrics.
+    /// Measure the client with these metrics: its calls and attempts, its strategy's retries,
+    /// hedges and budget refusals, and its breakers' states and refusals, all in the registry
+    /// the metrics were registered in. Several clients share one registration (a clone each):
+    ///
+    /// ```
+    /// use tower_lifeline::client::Client;
+    /// use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig};
+    /// use tower_lifeline::prometheus::Registry;
+    ///
+    /// let registry = Registry::new(); // or `server.registry()` of the `Server` preset
+    /// let client_metrics = ClientMetrics::register(&registry, MetricsConfig::default()).unwrap();
+    /// let inventory = Client::builder().metrics(client_metrics.clone()).build().unwrap();
+    /// let billing = Client::builder().metrics(client_metrics).build().unwrap();
+    /// # drop((inventory, billing));
+    /// let text = metrics::render(&registry).unwrap();
+    /// assert!(text.contains("http_client_retries_total 0"));
+    /// assert!(text.contains("http_client_circuit_breaker_refusals_total 0"));
+    /// ```
     pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -511,6 +480,12 @@ impl ClientBuilder {
             .breaker
             .map(|settings| CircuitBreakerLayer::new(settings).return_error());
         let breakers = breaker.as_ref().map(CircuitBreakerLayer::registry);
+        if let Some(metrics) = &self.metrics {
+            metrics.watch_strategy(self.strategy.stats());
+            if let Some(breakers) = &breakers {
+                metrics.watch_breakers(breakers.clone());
+            }
+        }
         let layers = ServiceBuilder::new()
             .layer(CallTrace::default())
             .option_layer(self.metrics.as_ref().map(ClientMetrics::call_layer))
@@ -574,7 +549,7 @@ type Pooled<C> = tower::util::MapErr<
 >;
 
 fn box_error(error: hyper_util::client::legacy::Error) -> BoxError {
-    error.into()
+    Box::new(TransportError(error))
 }
 
 #[cfg(feature = "tls")]
@@ -636,33 +611,35 @@ impl Client {
         self.breakers.as_ref()
     }
 
-    /// A `GET` of `url` (absolute, or relative to the base URL).
-    pub fn get(&self, url: &str) -> RequestBuilder<'_> {
+    /// A `GET` of `url`: absolute, or relative to the base URL; a `&str` or a `String`
+    /// (`format!`). A URL that does not parse fails the call at `send`.
+    pub fn get(&self, url: impl AsRef<str>) -> RequestBuilder<'_> {
         self.request(Method::GET, url)
     }
 
     /// A `POST`.
-    pub fn post(&self, url: &str) -> RequestBuilder<'_> {
+    pub fn post(&self, url: impl AsRef<str>) -> RequestBuilder<'_> {
         self.request(Method::POST, url)
     }
 
     /// A `PUT`.
-    pub fn put(&self, url: &str) -> RequestBuilder<'_> {
+    pub fn put(&self, url: impl AsRef<str>) -> RequestBuilder<'_> {
         self.request(Method::PUT, url)
     }
 
     /// A `PATCH`.
-    pub fn patch(&self, url: &str) -> RequestBuilder<'_> {
+    pub fn patch(&self, url: impl AsRef<str>) -> RequestBuilder<'_> {
         self.request(Method::PATCH, url)
     }
 
     /// A `DELETE`.
-    pub fn delete(&self, url: &str) -> RequestBuilder<'_> {
+    pub fn delete(&self, url: impl AsRef<str>) -> RequestBuilder<'_> {
         self.request(Method::DELETE, url)
     }
 
     /// A request with any method.
-    pub fn request(&self, method: Method, url: &str) -> RequestBuilder<'_> {
+    pub fn request(&self, method: Method, url: impl AsRef<str>) -> RequestBuilder<'_> {
+        let url = url.as_ref();
         let mut builder = RequestBuilder {
             client: self,
             request: Request::new(Full::default()),
@@ -681,6 +658,24 @@ impl Client {
     ///
     /// The response's body is read inside the attempt, within the call's deadline: a server that
     /// sends its head in time and then trickles the body cannot hold the caller past it.
+    ///
+    /// # Errors
+    ///
+    /// Any answer, whatever its status, is `Ok`. An `Err` is one of these typed errors, boxed
+    /// (they may be wrapped: look for them with [`find_source`](crate::error::find_source)):
+    ///
+    /// | error | when |
+    /// |---|---|
+    /// | [`DeadlineExceeded`](crate::deadline::DeadlineExceeded) | the call's deadline passed, or too little of it was left to send the request |
+    /// | [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) | the destination's breaker is open |
+    /// | [`AttemptTimedOut`](crate::timeout::AttemptTimedOut) | the last attempt ran out of its attempt timeout |
+    /// | [`TransportError`] | the connection could not be made or broke (hyper-util); `reqwest::Error` over reqwest |
+    /// | [`PoolTimeout`] | no connection to the destination came free in time |
+    /// | [`ResponseBodyFailed`](crate::read_body::ResponseBodyFailed), [`ResponseBodyTooLarge`](crate::read_body::ResponseBodyTooLarge) | the body was cut short, or was longer than `max_response_body` |
+    /// | [`TooManyRedirects`] | more redirects than `max_redirects` |
+    /// | [`InvalidRequest`] | a URL or header that does not parse |
+    ///
+    /// Their `Display` says what happened in one line, causes included.
     pub async fn send(&self, mut request: Request<ClientBody>) -> Result<ClientResponse, BoxError> {
         // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
         // and the reading of its body work to the same instant.
@@ -819,7 +814,7 @@ impl RequestBuilder<'_> {
         self.header(crate::headers::IDEMPOTENCY_KEY.as_str(), key)
     }
 
-    /// Sends the request through the client's stack.
+    /// Sends the request through the client's stack. See [`Client::send`] for the errors.
     pub async fn send(self) -> Result<ClientResponse, BoxError> {
         if let Some(err) = self.error {
             return Err(Box::new(err));
