@@ -2,7 +2,8 @@
 //!
 //! [`Client`] is what most services need from tower-lifeline on the calling side: a base URL,
 //! default headers, a connection pool, HTTP/1.1 and HTTP/2, TLS for `https` (rustls, feature
-//! `tls`), and the layers in the order DESIGN.md gives, outermost first:
+//! `tls`), and the layers in this order, outermost first (the README's "The order of the stacks"
+//! says why each sits where it does):
 //!
 //! 1. metrics of the whole call (if [`ClientBuilder::metrics`] is set);
 //! 2. deadline: explicit, inherited or default; refuses to send with under 5 ms left;
@@ -29,7 +30,7 @@
 //! `traceparent`.
 //!
 //! The same stack is available as layers for users who bring their own service: see the
-//! README's `ServiceBuilder` example.
+//! README's "Composing by hand", a complete stack over hyper-util.
 //!
 //! ```no_run
 //! use std::time::Duration;
