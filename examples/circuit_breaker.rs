@@ -51,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .break_duration(Duration::from_millis(300))
             .build()?,
     )
+    .respond_502()
     .on_transition(|t: &Transition<'_>| {
         println!(
             "  breaker {}: {} -> {} (failure ratio {:.2} over {} requests)",

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifeline::body::ReplayBody;
-use tower_lifeline::propagation::PropagateLayer;
+use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 use tower_lifeline::strategy::{AttemptCount, StrategyLayer};
 use tower_lifeline::ServiceBuilderExt;
 
@@ -61,7 +61,9 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
     let client = ServiceBuilder::new()
         .client_deadline(Duration::from_secs(2)) // fixes the deadline every attempt shares
         .strategy(StrategyLayer::new()) // GET: 3 attempts with linear backoff
-        .propagate(PropagateLayer::new().service_name("hyper-client-example")?) // per attempt
+        .propagate(
+            PropagateLayer::new().service_name(ServiceName::from_static("hyper-client-example")),
+        ) // per attempt
         .read_body(1024 * 1024) // the body read inside the attempt: a cut body is retried
         .service(transport);
 

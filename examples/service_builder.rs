@@ -19,7 +19,7 @@ use tower_lifeline::body::ReplayBody;
 use tower_lifeline::circuit_breaker::CircuitBreakerLayer;
 use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig, ServerMetrics};
 use tower_lifeline::prometheus::Registry;
-use tower_lifeline::propagation::PropagateLayer;
+use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 use tower_lifeline::shutdown::Shutdown;
 use tower_lifeline::strategy::StrategyLayer;
 use tower_lifeline::{RequestContext, ServiceBuilderExt};
@@ -58,7 +58,9 @@ async fn main() -> Result<(), tower_lifeline::BoxError> {
         .circuit_breaker(CircuitBreakerLayer::default().return_error())
         .attempt_timeout(Duration::from_secs(1))
         .layer(client_metrics.attempt_layer())
-        .propagate(PropagateLayer::new().service_name("service-builder-example")?)
+        .propagate(
+            PropagateLayer::new().service_name(ServiceName::from_static("service-builder-example")),
+        )
         .service(transport);
 
     let mut request = Request::get(format!("http://{addr}/hello")).body(Full::default())?;

@@ -44,6 +44,7 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 
 /// Why a replayed body could not be read.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ReplayError {
     /// The body outgrew the replay buffer while this copy was behind the front; its bytes are gone.
     Overflowed {

@@ -47,6 +47,7 @@ struct Shared {
 
 /// What an [`UploadProgress`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Upload {
     /// The body has not ended yet.
     Receiving,

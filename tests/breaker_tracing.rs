@@ -54,7 +54,7 @@ async fn every_transition_is_a_tracing_event_with_scope_states_ratio_and_request
         .break_duration(Duration::from_secs(5))
         .build()
         .unwrap();
-    let layer = CircuitBreakerLayer::new(settings);
+    let layer = CircuitBreakerLayer::new(settings).respond_502();
     let registry = layer.registry();
     // Answers 500 to a request carrying `x-fail`, 200 otherwise.
     let backend = tower::service_fn(|req: Request<()>| async move {

@@ -62,7 +62,7 @@ fn get_request(addr: std::net::SocketAddr) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn trips_on_a_failing_server_and_recovers_after_one_probe() {
     let (backend, addr) = start_backend().await;
-    let breaker = CircuitBreakerLayer::new(settings());
+    let breaker = CircuitBreakerLayer::new(settings()).respond_502();
     let registry = breaker.registry();
     // hyper's `Incoming` body has no `Default`, which the synthetic 502 needs: map it to axum's.
     let client = ServiceBuilder::new()

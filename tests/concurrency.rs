@@ -101,7 +101,8 @@ fn over_many_rounds_of_trip_break_and_burst_exactly_one_probe_goes_each_time() {
                 .break_duration(Duration::from_millis(5))
                 .build()
                 .unwrap(),
-        );
+        )
+        .respond_502();
         let registry = layer.registry();
         let client = layer.layer(inner);
 
@@ -175,7 +176,8 @@ fn racing_callers_lose_no_outcome_in_the_window() {
                 .sampling_duration(Duration::from_secs(600))
                 .build()
                 .unwrap(),
-        );
+        )
+        .respond_502();
         let registry = layer.registry();
         let client = layer.layer(inner);
         let mut tasks = tokio::task::JoinSet::new();

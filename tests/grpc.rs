@@ -24,7 +24,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
-use tower_lifeline::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerSettings, CircuitState};
+use tower_lifeline::circuit_breaker::{
+    ByDestination, CircuitBreakerLayer, CircuitBreakerSettings, CircuitState, Respond502,
+};
 use tower_lifeline::deadline::{ClientDeadlineLayer, ServerDeadlineLayer};
 use tower_lifeline::grpc::{GrpcTransportLayer, WatchedBody};
 use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig};
@@ -64,7 +66,8 @@ type StackService = BoxCloneSyncService<
 struct Stack {
     metrics: ClientMetrics,
     registry: Registry,
-    breaker: CircuitBreakerLayer,
+    breaker:
+        CircuitBreakerLayer<tower_lifeline::classify::DefaultClassifier, ByDestination, Respond502>,
 }
 
 impl Stack {
@@ -73,7 +76,7 @@ impl Stack {
         Stack {
             metrics: ClientMetrics::register(&registry, MetricsConfig::default()).unwrap(),
             registry,
-            breaker: CircuitBreakerLayer::new(breaker),
+            breaker: CircuitBreakerLayer::new(breaker).respond_502(),
         }
     }
 

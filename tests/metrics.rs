@@ -13,7 +13,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_lifeline::body::ReplayBody;
 use tower_lifeline::deadline::ClientDeadlineLayer;
 use tower_lifeline::metrics::{self, ClientMetrics, MetricsConfig, ServerMetrics};
-use tower_lifeline::propagation::PropagateLayer;
+use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 use tower_lifeline::strategy::{Delays, Strategy, StrategyLayer};
 
 async fn start_server(registry: &Registry) -> std::net::SocketAddr {
@@ -74,7 +74,7 @@ async fn server_and_client_series_after_real_requests() {
         .layer(ClientDeadlineLayer::new().write_header(false))
         .layer(strategy)
         .layer(client_metrics.attempt_layer())
-        .layer(PropagateLayer::new().service_name("Checkout").unwrap())
+        .layer(PropagateLayer::new().service_name(ServiceName::from_static("Checkout")))
         .service(common::http_client_for::<ReplayBody<Full<Bytes>>>());
 
     for path in ["/users/7", "/users/8", "/status/503"] {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifeline::context::RequestContext;
 use tower_lifeline::deadline::{ClientDeadlineLayer, DeadlineExceeded};
-use tower_lifeline::propagation::PropagateLayer;
+use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 use tower_lifeline::ServiceBuilderExt;
 
 /// What a handler saw of its context, as JSON.
@@ -72,7 +72,7 @@ async fn start_frontend(
     let calls = Arc::new(AtomicUsize::new(0));
     let client = ServiceBuilder::new()
         .layer(ClientDeadlineLayer::new().write_header(false))
-        .layer(PropagateLayer::new().service_name("frontend").unwrap())
+        .layer(PropagateLayer::new().service_name(ServiceName::from_static("frontend")))
         .service(common::http_client());
     let handler = move |State(calls): State<Arc<AtomicUsize>>, ctx: RequestContext| {
         let client = client.clone();

@@ -171,9 +171,9 @@ fn client_metrics() -> ClientMetrics {
 }
 
 fn propagate() -> PropagateLayer {
-    PropagateLayer::new()
-        .service_name("bench")
-        .expect("a valid name")
+    PropagateLayer::new().service_name(tower_lifeline::propagation::ServiceName::from_static(
+        "bench",
+    ))
 }
 
 /// The client stack as the `Client` preset builds it (src/client.rs), over the no-op transport.

@@ -17,9 +17,10 @@ pub trait OnOpen<B>: Clone {
     fn on_open(&self, open: CircuitOpen) -> Result<Response<B>, BoxError>;
 }
 
-/// Answer a synthetic `502 Bad Gateway` carrying `X-Circuit-Breaker: 1` and `X-Do-Not-Retry: 1`
-/// (the default), as aio-request does, so the strategy layer above does not retry it. Needs a
-/// body type with a `Default` (axum's `Body`, `Full<Bytes>`, `BoxBody`...).
+/// Answer a synthetic `502 Bad Gateway` carrying `X-Circuit-Breaker: 1` and `X-Do-Not-Retry: 1`,
+/// as aio-request does, so the strategy layer above does not retry it
+/// ([`respond_502`](CircuitBreakerLayer::respond_502)). Needs a body type with a `Default`
+/// (axum's `Body`, `Full<Bytes>`, `BoxBody`...).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Respond502;
 
@@ -35,11 +36,17 @@ impl<B: Default> OnOpen<B> for Respond502 {
     }
 }
 
-/// Fail with a [`CircuitOpen`] error naming the scope and when the next probe may go.
+/// Fail with a [`CircuitOpen`] error naming the scope and when the next probe may go (the
+/// default).
+///
+/// Every refusal in this crate is a typed error by default, as tower's own are (`Elapsed`,
+/// `Overloaded`): the caller matches on what happened, and the wire answer aio-request gives
+/// is one call away ([`respond_502`](CircuitBreakerLayer::respond_502) here,
+/// [`respond_408`](crate::deadline::ClientDeadlineLayer::respond_408) for the deadline).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReturnError;
+pub struct ReturnCircuitOpen;
 
-impl<B> OnOpen<B> for ReturnError {
+impl<B> OnOpen<B> for ReturnCircuitOpen {
     fn on_open(&self, open: CircuitOpen) -> Result<Response<B>, BoxError> {
         tracing::debug!(%open, "refusing a call");
         Err(Box::new(open))
@@ -101,7 +108,7 @@ impl<B> ScopeBy<B> for ByDestination {
 /// Every service this layer makes shares one table of scopes: cloning the layer or the services
 /// shares it too.
 #[derive(Clone)]
-pub struct CircuitBreakerLayer<C = DefaultClassifier, K = ByDestination, M = Respond502> {
+pub struct CircuitBreakerLayer<C = DefaultClassifier, K = ByDestination, M = ReturnCircuitOpen> {
     pub(super) table: Arc<Table>,
     pub(super) settings: CircuitBreakerSettings,
     pub(super) classifier: Arc<C>,
@@ -111,14 +118,14 @@ pub struct CircuitBreakerLayer<C = DefaultClassifier, K = ByDestination, M = Res
 
 impl CircuitBreakerLayer {
     /// A breaker with these settings, the [`DefaultClassifier`], one scope per destination and
-    /// a synthetic 502 when open.
+    /// a [`CircuitOpen`] error when open.
     pub fn new(settings: CircuitBreakerSettings) -> Self {
         CircuitBreakerLayer {
             table: Arc::new(Table::new(&settings)),
             settings,
             classifier: Arc::new(DefaultClassifier::new()),
             scope_by: ByDestination,
-            on_open: Respond502,
+            on_open: ReturnCircuitOpen,
         }
     }
 }
@@ -154,12 +161,18 @@ impl<C, K, M> CircuitBreakerLayer<C, K, M> {
         }
     }
 
-    /// Fail refused calls with a [`CircuitOpen`] error instead of answering a 502.
-    pub fn return_error(self) -> CircuitBreakerLayer<C, K, ReturnError> {
-        self.on_open(ReturnError)
+    /// Fail refused calls with a [`CircuitOpen`] error (the default).
+    pub fn return_error(self) -> CircuitBreakerLayer<C, K, ReturnCircuitOpen> {
+        self.on_open(ReturnCircuitOpen)
     }
 
-    /// Chooses what a refused call gives its caller (default: [`Respond502`]).
+    /// Answer refused calls with aio-request's synthetic 502 ([`Respond502`]) instead of an
+    /// error: for code that handles responses only.
+    pub fn respond_502(self) -> CircuitBreakerLayer<C, K, Respond502> {
+        self.on_open(Respond502)
+    }
+
+    /// Chooses what a refused call gives its caller (default: [`ReturnCircuitOpen`]).
     pub fn on_open<M2>(self, on_open: M2) -> CircuitBreakerLayer<C, K, M2> {
         CircuitBreakerLayer {
             table: self.table,

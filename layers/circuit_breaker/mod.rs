@@ -33,12 +33,12 @@
 //! - a half-open probe that ends in anything but a success keeps the breaker open: a failed
 //!   probe starts another break; a cancelled one leaves it open for the next call to probe.
 //!
-//! A refused call gets, by default ([`Respond502`]), a synthetic `502 Bad Gateway` carrying
-//! `X-Circuit-Breaker: 1` and `X-Do-Not-Retry: 1`, as aio-request answers, so that the strategy
-//! layer above does not retry it. It needs a response body type with a `Default`; hyper's
-//! `Incoming` has none, so map it (to axum's `Body`, or `BoxBody`) or choose
-//! [`return_error`](CircuitBreakerLayer::return_error): a [`CircuitOpen`] error naming the scope
-//! and when the next probe may go.
+//! A refused call fails, by default ([`ReturnCircuitOpen`]), with a [`CircuitOpen`] error naming
+//! the scope and when the next probe may go; the strategy above does not retry it. With
+//! [`respond_502`](CircuitBreakerLayer::respond_502) it gets aio-request's answer instead: a
+//! synthetic `502 Bad Gateway` carrying `X-Circuit-Breaker: 1` and `X-Do-Not-Retry: 1`, which
+//! needs a response body type with a `Default` (hyper's `Incoming` has none: map it to axum's
+//! `Body`, or `BoxBody`).
 //!
 //! # Example
 //!
@@ -58,7 +58,7 @@
 //!     .sampling_duration(Duration::from_secs(10))
 //!     .break_duration(Duration::from_secs(5))
 //!     .build()?;
-//! let breaker = CircuitBreakerLayer::new(settings);
+//! let breaker = CircuitBreakerLayer::new(settings).respond_502();
 //! let registry = breaker.registry();
 //!
 //! // A destination that answers 503 while `down` is set.
@@ -81,7 +81,8 @@
 //! }
 //! assert_eq!(registry.state("http://inventory:8080"), Some(CircuitState::Open));
 //!
-//! // Open: answered at once without calling the destination, marked so that no retry follows.
+//! // Open: answered at once without calling the destination (aio-request's 502, as asked for
+//! // above; the default is a typed `CircuitOpen` error), marked so that no retry follows.
 //! let refused = call().await?;
 //! assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
 //! assert_eq!(refused.headers()["x-circuit-breaker"], "1");
@@ -151,7 +152,9 @@ mod tests;
 
 pub use error::CircuitOpen;
 pub use future::CircuitBreakerFuture;
-pub use layer::{ByDestination, CircuitBreakerLayer, OnOpen, Respond502, ReturnError, ScopeBy};
+pub use layer::{
+    ByDestination, CircuitBreakerLayer, OnOpen, Respond502, ReturnCircuitOpen, ScopeBy,
+};
 pub use registry::{BreakerRegistry, CircuitState, OnTransition, ScopeSnapshot, Transition};
 pub use service::CircuitBreaker;
 pub use settings::{CircuitBreakerSettings, CircuitBreakerSettingsBuilder, InvalidSettings};

@@ -41,11 +41,12 @@ pub trait OnExpiry<B>: Clone {
     fn on_expiry(&self, exceeded: DeadlineExceeded) -> Result<Response<B>, BoxError>;
 }
 
-/// Fail with a [`DeadlineExceeded`] error (the default).
+/// Fail with a [`DeadlineExceeded`] error (the default; every refusal in this crate is a typed
+/// error by default, see [`ReturnCircuitOpen`](crate::circuit_breaker::ReturnCircuitOpen)).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReturnError;
+pub struct ReturnDeadlineExceeded;
 
-impl<B> OnExpiry<B> for ReturnError {
+impl<B> OnExpiry<B> for ReturnDeadlineExceeded {
     fn on_expiry(&self, exceeded: DeadlineExceeded) -> Result<Response<B>, BoxError> {
         Err(Box::new(exceeded))
     }
@@ -105,7 +106,7 @@ impl<B: Default> OnExpiry<B> for Respond408 {
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct ClientDeadlineLayer<M = ReturnError> {
+pub struct ClientDeadlineLayer<M = ReturnDeadlineExceeded> {
     default_timeout: Duration,
     low_time_threshold: Duration,
     write_header: bool,
@@ -120,7 +121,7 @@ impl ClientDeadlineLayer {
             default_timeout: DEFAULT_TIMEOUT,
             low_time_threshold: DEFAULT_LOW_TIME_THRESHOLD,
             write_header: true,
-            on_expiry: ReturnError,
+            on_expiry: ReturnDeadlineExceeded,
         }
     }
 }
@@ -175,7 +176,7 @@ impl<S, M: Clone> Layer<S> for ClientDeadlineLayer<M> {
 
 /// The service made by [`ClientDeadlineLayer`].
 #[derive(Debug, Clone)]
-pub struct ClientDeadline<S, M = ReturnError> {
+pub struct ClientDeadline<S, M = ReturnDeadlineExceeded> {
     inner: S,
     layer: ClientDeadlineLayer<M>,
 }

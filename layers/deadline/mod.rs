@@ -10,8 +10,9 @@
 //!   A request with less than the low-time threshold left (5 ms by default) is answered
 //!   `408 Request Timeout` at once and never reaches the handler. With
 //!   [`cancel_on_expiry`](ServerDeadlineLayer::cancel_on_expiry), the handler's future is also
-//!   dropped when the deadline passes, and the caller gets a 408 (aio-request's
-//!   `cancel_on_timeout`).
+//!   dropped when the deadline passes, and the caller gets a `504` (aio-request's
+//!   `cancel_on_timeout`; [`expiry_status`](ServerDeadlineLayer::expiry_status) says why not
+//!   `408`, and sets another).
 //! - [`RouteTimeoutLayer`] gives one route its own timeout in place of the server default, for a
 //!   request that brought no deadline of its own (aio-request's `@aiohttp_timeout`). Put it on an
 //!   axum route with `.route_layer(...)` or on a `MethodRouter` with `.layer(...)`.
@@ -72,7 +73,8 @@ mod tests;
 #[cfg(feature = "client")]
 pub(crate) use client::effective_deadline;
 pub use client::{
-    ClientDeadline, ClientDeadlineFuture, ClientDeadlineLayer, OnExpiry, Respond408, ReturnError,
+    ClientDeadline, ClientDeadlineFuture, ClientDeadlineLayer, OnExpiry, Respond408,
+    ReturnDeadlineExceeded,
 };
 pub use error::DeadlineExceeded;
 pub use server::{

@@ -21,6 +21,7 @@ struct Settings {
     max_timeout: Duration,
     low_time_threshold: Duration,
     cancel_on_expiry: bool,
+    expiry_status: StatusCode,
 }
 
 impl Default for Settings {
@@ -30,6 +31,7 @@ impl Default for Settings {
             max_timeout: DEFAULT_MAX_TIMEOUT,
             low_time_threshold: DEFAULT_LOW_TIME_THRESHOLD,
             cancel_on_expiry: false,
+            expiry_status: StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -81,10 +83,24 @@ impl ServerDeadlineLayer {
         self
     }
 
-    /// Drop the handler's future when the deadline passes and answer 408 (aio-request's
+    /// Drop the handler's future when the deadline passes and answer with the
+    /// [`expiry_status`](Self::expiry_status), `504` by default (aio-request's
     /// `cancel_on_timeout`). Off by default: a handler may have side effects that should finish.
     pub fn cancel_on_expiry(mut self, cancel: bool) -> Self {
         self.settings.cancel_on_expiry = cancel;
+        self
+    }
+
+    /// The status of the answer to a request whose handler was cancelled at its deadline
+    /// (default `504 Gateway Timeout`, with `X-Do-Not-Retry`).
+    ///
+    /// Not `408`, which says the *client* was slow to send its request and which browsers and
+    /// some clients resend on their own, running a slow handler again (tower-http issue 300); the
+    /// server ran out of the caller's time, as [`ServerTimeoutLayer`](crate::timeout) says with
+    /// `504`. A request refused on arrival, with too little time left, still gets aio-request's
+    /// `408`: there the caller's time was too short before the server did anything.
+    pub fn expiry_status(mut self, status: StatusCode) -> Self {
+        self.settings.expiry_status = status;
         self
     }
 }
@@ -315,13 +331,14 @@ where
             inner: ctx.scope(future),
             timer,
             shared_expiry,
+            expiry_status: settings.expiry_status,
         },
     }
 }
 
-fn request_timeout<B: Default>() -> Response<B> {
+fn out_of_time<B: Default>(status: StatusCode) -> Response<B> {
     let mut response = Response::new(B::default());
-    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    *response.status_mut() = status;
     // The caller's time is gone: another attempt could not finish either.
     response
         .headers_mut()
@@ -347,6 +364,7 @@ pin_project! {
             #[pin]
             timer: Option<Sleep>,
             shared_expiry: Option<Arc<Mutex<Deadline>>>,
+            expiry_status: StatusCode,
         },
     }
 }
@@ -367,11 +385,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Refused => Poll::Ready(Ok(request_timeout())),
+            StateProj::Refused => Poll::Ready(Ok(out_of_time(StatusCode::REQUEST_TIMEOUT))),
             StateProj::Running {
                 inner,
                 mut timer,
                 shared_expiry,
+                expiry_status,
             } => {
                 if let Poll::Ready(result) = inner.poll(cx) {
                     return Poll::Ready(result);
@@ -388,7 +407,7 @@ where
                         None => {
                             tracing::debug!("deadline passed: handler cancelled");
                             timer.set(None);
-                            return Poll::Ready(Ok(request_timeout()));
+                            return Poll::Ready(Ok(out_of_time(*expiry_status)));
                         }
                     }
                 }

@@ -165,8 +165,20 @@ async fn server_cancels_at_expiry_when_asked() {
         .oneshot(request(&[("x-request-timeout", "1")]))
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    // 504, not 408: the server ran out of the caller's time (see `expiry_status`).
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.headers()["x-do-not-retry"], "1");
     assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+    let svc = ServerDeadlineLayer::new()
+        .cancel_on_expiry(true)
+        .expiry_status(StatusCode::SERVICE_UNAVAILABLE)
+        .layer(ReadinessChecked::new(slow(Duration::from_secs(2))));
+    let res = svc
+        .oneshot(request(&[("x-request-timeout", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,9 +217,9 @@ async fn route_timeout_moves_the_cancel_timer_later_and_earlier() {
         // Longer than the 20 s default: the handler's 30 s finish inside the route's 45 s.
         (45, 30, StatusCode::OK, 30),
         // Longer, but the handler overruns it: cancelled at 45 s, not at the default 20 s.
-        (45, 60, StatusCode::REQUEST_TIMEOUT, 45),
+        (45, 60, StatusCode::GATEWAY_TIMEOUT, 45),
         // Shorter: cancelled at 2 s.
-        (2, 10, StatusCode::REQUEST_TIMEOUT, 2),
+        (2, 10, StatusCode::GATEWAY_TIMEOUT, 2),
     ] {
         let svc = ServerDeadlineLayer::new().cancel_on_expiry(true).layer(
             RouteTimeoutLayer::new(Duration::from_secs(route))

@@ -33,7 +33,7 @@
 //! let stack = ServiceBuilder::new()
 //!     .layer(ClientDeadlineLayer::new())
 //!     .layer(StrategyLayer::new())
-//!     .layer(CircuitBreakerLayer::default())
+//!     .layer(CircuitBreakerLayer::default().respond_502())
 //!     .layer(PropagateLayer::new())
 //!     .layer(GrpcTransportLayer::new())
 //!     .service(channel);

@@ -35,7 +35,7 @@
 //! ```
 //! use http::{Request, Response};
 //! use tower::{service_fn, Layer, ServiceExt};
-//! use tower_lifeline::propagation::PropagateLayer;
+//! use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -43,7 +43,7 @@
 //!     Ok::<_, std::convert::Infallible>(Response::new(req.headers().clone()))
 //! });
 //! let client = PropagateLayer::new()
-//!     .service_name("checkout").unwrap()
+//!     .service_name(ServiceName::from_static("checkout"))
 //!     .only_to_hosts(["inventory", ".svc.cluster.local"])
 //!     .layer(echo);
 //!
@@ -69,7 +69,7 @@
 //! use http::{HeaderMap, Request, Response};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_lifeline::context::{Deadline, Priority, RequestContext};
-//! use tower_lifeline::propagation::PropagateLayer;
+//! use tower_lifeline::propagation::{PropagateLayer, ServiceName};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
@@ -78,7 +78,7 @@
 //!     Ok::<_, std::convert::Infallible>(Response::new(req.headers().clone()))
 //! });
 //! let client = ServiceBuilder::new()
-//!     .layer(PropagateLayer::new().service_name("billing").unwrap())
+//!     .layer(PropagateLayer::new().service_name(ServiceName::from_static("billing")))
 //!     .service(transport);
 //!
 //! // As if inside a handler serving a High request with 2 s left.
@@ -103,6 +103,9 @@ use tower_service::Service;
 
 use crate::context::{Deadline, Priority, RequestContext};
 use crate::headers;
+
+mod service_name;
+pub use service_name::{InvalidServiceName, ServiceName};
 
 /// Writes the propagation headers. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
@@ -183,23 +186,6 @@ fn destination_host<B>(req: &Request<B>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// A service name that cannot be sent: empty, longer than 64 bytes, or with characters other
-/// than letters, digits, `-`, `_`, `.` (the receiving server would ignore it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidServiceName(String);
-
-impl fmt::Display for InvalidServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid service name {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for InvalidServiceName {}
-
 impl PropagateLayer {
     /// No service name, default priority `Normal`.
     pub fn new() -> Self {
@@ -207,13 +193,13 @@ impl PropagateLayer {
     }
 
     /// Sends `X-Service-Name: name`, which servers use as the client label of their metrics.
-    pub fn service_name(mut self, name: &str) -> Result<Self, InvalidServiceName> {
-        let value = HeaderValue::from_str(name)
-            .ok()
-            .filter(|v| headers::parse_service_name(v).is_some())
-            .ok_or_else(|| InvalidServiceName(name.to_owned()))?;
-        self.service_name = Some(value);
-        Ok(self)
+    ///
+    /// The name is checked where it is made ([`ServiceName::new`], or
+    /// [`ServiceName::from_static`] for a literal), so that this setter, as every setter of the
+    /// crate's layers, cannot fail.
+    pub fn service_name(mut self, name: ServiceName) -> Self {
+        self.service_name = Some(name.into_header_value());
+        self
     }
 
     /// The priority of calls with neither an explicit nor an inherited one (default `Normal`).
@@ -399,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn by_default_every_destination_gets_the_headers() {
-        let layer = PropagateLayer::new().service_name("checkout").unwrap();
+        let layer = PropagateLayer::new().service_name(ServiceName::from_static("checkout"));
         assert!(carries_all_three(
             &sent(&layer, get("https://third.party.example/")).await
         ));
@@ -409,8 +395,7 @@ mod tests {
     #[tokio::test]
     async fn an_allow_list_matches_hosts_and_domains_only() {
         let layer = PropagateLayer::new()
-            .service_name("checkout")
-            .unwrap()
+            .service_name(ServiceName::from_static("checkout"))
             .only_to_hosts(["Inventory", ".svc.cluster.local", "10.0.0.7", "[::1]"]);
         for allowed in [
             "http://inventory/x",
@@ -458,8 +443,7 @@ mod tests {
     #[tokio::test]
     async fn the_host_header_names_the_destination_of_a_relative_uri() {
         let layer = PropagateLayer::new()
-            .service_name("checkout")
-            .unwrap()
+            .service_name(ServiceName::from_static("checkout"))
             .only_to_hosts(["inventory"]);
         let with_host = |host: &str| {
             Request::get("/stock")
@@ -479,8 +463,7 @@ mod tests {
     #[tokio::test]
     async fn a_predicate_sees_the_lowercase_host() {
         let layer = PropagateLayer::new()
-            .service_name("checkout")
-            .unwrap()
+            .service_name(ServiceName::from_static("checkout"))
             .only_to(|host| host.ends_with(".internal") || host == "127.0.0.1");
         assert!(carries_all_three(
             &sent(&layer, get("http://Billing.INTERNAL/")).await

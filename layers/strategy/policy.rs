@@ -9,13 +9,20 @@ use super::Delays;
 ///
 /// Put one in a request's extensions to override the layer's choice for that request
 /// (requests with a non-idempotent method and no `Idempotency-Key` still get one attempt).
+///
+/// Made by its constructors ([`single`](Self::single), [`sequential`](Self::sequential),
+/// [`parallel`](Self::parallel), [`until_deadline`](Self::until_deadline)), which hold its
+/// rules (at least one attempt); the variants can be matched (with `..`) but not built outside
+/// the crate, so that nothing skips those rules.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Strategy {
     /// One attempt (aio-request's `single_attempt_strategy`).
     Single,
     /// After a rejected response or a transport error, wait the delay, then try again; stop at
     /// `attempts`, at an accepted response, or when the next delay would pass the deadline. The
     /// caller gets the last outcome (aio-request's `sequential_strategy`).
+    #[non_exhaustive]
     Sequential {
         /// Attempts in all, the first included.
         attempts: u32,
@@ -27,6 +34,7 @@ pub enum Strategy {
     /// response does not end the race while others are in flight, and when every attempt in
     /// flight has been rejected the next one starts at once (aio-request's `parallel_strategy`,
     /// gRPC's hedging policy).
+    #[non_exhaustive]
     Parallel {
         /// Attempts in all, the first included.
         attempts: u32,
@@ -35,6 +43,7 @@ pub enum Strategy {
     },
     /// Repeats `inner` until an accepted response or the deadline, waiting `delays` between
     /// rounds (aio-request's `retry_until_deadline_expired`). Without a deadline, one round.
+    #[non_exhaustive]
     UntilDeadline {
         /// The strategy of each round.
         inner: Box<Strategy>,

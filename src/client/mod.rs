@@ -72,7 +72,7 @@ use crate::context::{Deadline, Priority, RouteTemplate};
 use crate::deadline::{effective_deadline, ClientDeadlineLayer};
 use crate::error::BoxError;
 use crate::metrics::ClientMetrics;
-use crate::propagation::PropagateLayer;
+use crate::propagation::{PropagateLayer, ServiceName};
 use crate::read_body::{FullBody, ReadBodyLayer};
 use crate::strategy::{AttemptCount, Strategy, StrategyLayer};
 use crate::timeout::AttemptTimeoutLayer;
@@ -455,9 +455,9 @@ impl ClientBuilder {
         }
         let mut propagate = self.propagate.clone();
         if let Some(name) = &self.service_name {
-            propagate = propagate
-                .service_name(name)
+            let name = ServiceName::new(name)
                 .map_err(|e| ClientBuildError::InvalidServiceName(e.to_string()))?;
+            propagate = propagate.service_name(name);
         }
 
         let mut http = HttpConnector::new();
