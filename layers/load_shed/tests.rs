@@ -8,9 +8,14 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
+use super::route::{RouteEstimate, MIN_SAMPLES};
+use super::service::service_time;
 use super::*;
+use crate::context::CutAtDeadline;
 use crate::context::{Deadline, Priority, RequestContext};
 use crate::test_util::ReadinessChecked;
+use crate::upload::UploadProgress;
+use tokio::time::Instant;
 
 type Handled = Pin<Box<dyn Future<Output = Response<String>> + Send>>;
 
@@ -87,22 +92,22 @@ where
 #[tokio::test(start_paused = true)]
 async fn default_limits_reserve_a_fifth_for_high_and_half_for_low() {
     let layer = LoadShedLayer::new(10);
-    assert_eq!(layer.shared.low_limit, 5);
-    assert_eq!(layer.shared.normal_limit, 8);
-    assert_eq!(layer.shared.capacity, 10);
+    assert_eq!(layer.settings.low_limit, 5);
+    assert_eq!(layer.settings.normal_limit, 8);
+    assert_eq!(layer.settings.capacity, 10);
     // Degenerate capacities stay usable rather than panicking.
     let one = LoadShedLayer::new(0);
     assert_eq!(
         (
-            one.shared.low_limit,
-            one.shared.normal_limit,
-            one.shared.capacity
+            one.settings.low_limit,
+            one.settings.normal_limit,
+            one.settings.capacity
         ),
         (1, 1, 1)
     );
     let clamped = LoadShedLayer::new(4).priority_limits(100, 0);
     assert_eq!(
-        (clamped.shared.low_limit, clamped.shared.normal_limit),
+        (clamped.settings.low_limit, clamped.settings.normal_limit),
         (1, 1)
     );
 }
@@ -332,7 +337,7 @@ async fn the_route_table_is_bounded() {
             status(&svc, slow).await;
         }
     }
-    assert_eq!(layer.shared.routes.read().unwrap().len(), 1);
+    assert_eq!(layer.state.routes.read().unwrap().len(), 1);
     let short = |path: &str| {
         let mut req = Request::get(path).body(()).unwrap();
         req.extensions_mut().insert(RequestContext::new(
@@ -462,7 +467,7 @@ fn timed(sleep_ms: u64, status: u16, upload: Option<UploadProgress>) -> Request<
 }
 
 fn estimate_of(layer: &LoadShedLayer) -> Option<Duration> {
-    let routes = layer.shared.routes.read().unwrap();
+    let routes = layer.state.routes.read().unwrap();
     routes.get("/route").and_then(|r| r.get())
 }
 
@@ -497,4 +502,49 @@ async fn the_estimate_leaves_out_upload_time_failures_and_failed_bodies() {
     // A 4xx is the handler's own answer: it counts.
     status(&svc, timed(110, 404, None)).await;
     assert_eq!(estimate_of(&layer), Some(Duration::from_millis(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_cut_at_its_deadline_counts_for_the_limit_but_not_the_route_whatever_its_status()
+{
+    let started = Instant::now();
+    tokio::time::advance(Duration::from_millis(40)).await;
+    let answer = |status: u16, cut: bool| {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if cut {
+            response.extensions_mut().insert(CutAtDeadline);
+        }
+        Ok::<_, ()>(response)
+    };
+    let took = Some(Duration::from_millis(40));
+    for (status, cut) in [(504, true), (408, false), (503, true)] {
+        let sample = service_time(&answer(status, cut), started, None, Instant::now());
+        assert_eq!(sample.limit, took, "{status} cut={cut}");
+        assert_eq!(sample.route, None, "{status} cut={cut}");
+    }
+    // A 504 of the handler's own is a failure: no sample at all.
+    let sample = service_time(&answer(504, false), started, None, Instant::now());
+    assert_eq!((sample.limit, sample.route), (None, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_setting_changed_on_a_clone_keeps_the_one_shared_limit() {
+    let gate = Arc::new(Semaphore::new(0));
+    let layer = LoadShedLayer::new(2);
+    // Configured after cloning: before, this started a second, separate limit of 2.
+    let clone = layer.clone().retry_after(Duration::from_secs(7));
+    let first = layer.layer(ReadinessChecked::new(handler(gate.clone())));
+    let second = clone.layer(ReadinessChecked::new(handler(gate.clone())));
+    let held = hold(&first, Priority::High, 2).await;
+    let refused = status(&second, request(Priority::High, None, &[])).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The clone's own setting.
+    assert_eq!(refused.headers()["retry-after"], "7");
+    assert_eq!(layer.stats().in_flight, 2);
+    assert_eq!(clone.stats().shed_for(Priority::High), 1);
+    gate.add_permits(2);
+    for status in held {
+        assert_eq!(status.await.unwrap(), StatusCode::OK);
+    }
 }
