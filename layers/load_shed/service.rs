@@ -23,7 +23,7 @@ use crate::context::{CutAtDeadline, RequestContext};
 use crate::headers;
 use crate::upload::{Upload, UploadProgress};
 
-/// The service made by [`LoadShedLayer`]. See the [module docs](self).
+/// The service made by [`LoadShedLayer`](super::LoadShedLayer). See the [module docs](super).
 pub struct LoadShed<S> {
     inner: S,
     settings: Arc<Settings>,

@@ -22,7 +22,7 @@ pub(super) fn index(priority: Priority) -> usize {
     }
 }
 
-/// A snapshot of a [`LoadShedLayer`]'s counters.
+/// A snapshot of a [`LoadShedLayer`](super::LoadShedLayer)'s counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadShedStats {

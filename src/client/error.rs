@@ -12,7 +12,7 @@ pub enum ClientBuildError {
     InvalidBaseUrl(String),
     /// A default header's name or value is not valid in HTTP.
     InvalidHeader(String),
-    /// The service name cannot be sent (see [`PropagateLayer::service_name`]).
+    /// The service name cannot be sent (see [`PropagateLayer::service_name`](crate::propagation::PropagateLayer::service_name)).
     InvalidServiceName(String),
     /// `https` needs the `tls` feature.
     TlsUnavailable,
