@@ -66,6 +66,28 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// `get_ref`, `get_mut` and `into_inner` of a service whose wrapped service of type `$inner` is
+/// its `inner` field: the same three, documented the same way, on every service of the crate
+/// (tower-http does the same with a macro of its own).
+macro_rules! inner_service_accessors {
+    ($inner:ident) => {
+        /// The wrapped service.
+        pub fn get_ref(&self) -> &$inner {
+            &self.inner
+        }
+
+        /// The wrapped service, mutably.
+        pub fn get_mut(&mut self) -> &mut $inner {
+            &mut self.inner
+        }
+
+        /// Unwraps the service.
+        pub fn into_inner(self) -> $inner {
+            self.inner
+        }
+    };
+}
+
 pub mod body;
 pub mod classify;
 pub mod context;

@@ -1,6 +1,7 @@
 //! The server preset: one call wraps an axum `Router` in the whole server stack.
 //!
-//! [`Server::builder`] puts, outermost first:
+//! [`Server::builder`] puts, outermost first (the README's "The order of the stacks" says why each
+//! sits where it does):
 //!
 //! 1. the drain layer of a [`Shutdown`] handle (`Connection: close` while draining), around
 //!    everything, probes included;

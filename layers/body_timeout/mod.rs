@@ -124,20 +124,7 @@ pub struct RequestBodyTimeout<S> {
 }
 
 impl<S> RequestBodyTimeout<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 }
 
 impl<S, B> Service<Request<B>> for RequestBodyTimeout<S>

@@ -48,20 +48,7 @@ impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
 }
 
 impl<S, C, K, M> CircuitBreaker<S, C, K, M> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 
     /// The states of the scopes, shared with the layer and its other services.
     pub fn registry(&self) -> BreakerRegistry {

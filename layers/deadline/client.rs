@@ -182,20 +182,7 @@ pub struct ClientDeadline<S, M = ReturnDeadlineExceeded> {
 }
 
 impl<S, M> ClientDeadline<S, M> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 }
 
 impl<S, M, B, ResBody> Service<Request<B>> for ClientDeadline<S, M>

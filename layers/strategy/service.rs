@@ -48,20 +48,7 @@ impl<S: fmt::Debug, C> fmt::Debug for StrategyService<S, C> {
 }
 
 impl<S, C> StrategyService<S, C> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 }
 
 pub(super) type Answer<R> = Result<Response<R>, BoxError>;

@@ -190,20 +190,7 @@ pub struct AttemptTimeout<S> {
 }
 
 impl<S> AttemptTimeout<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 }
 
 impl<S, B> Service<Request<B>> for AttemptTimeout<S>
@@ -338,20 +325,7 @@ pub struct ServerTimeout<S> {
 }
 
 impl<S> ServerTimeout<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!(S);
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ServerTimeout<S>
