@@ -124,6 +124,14 @@ pub struct RequestBodyTimeout<S> {
 }
 
 impl<S> RequestBodyTimeout<S> {
+    /// `inner` wrapped as [`RequestBodyTimeoutLayer::new`](RequestBodyTimeoutLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        tower_layer::Layer::layer(&RequestBodyTimeoutLayer::new(timeout), inner)
+    }
+}
+
+impl<S> RequestBodyTimeout<S> {
     inner_service_accessors!(S);
 }
 

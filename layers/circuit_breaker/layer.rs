@@ -206,7 +206,7 @@ impl<S, C, K: Clone, M: Clone> Layer<S> for CircuitBreakerLayer<C, K, M> {
     type Service = CircuitBreaker<S, C, K, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(inner, self)
+        CircuitBreaker::from_layer(inner, self)
     }
 }
 

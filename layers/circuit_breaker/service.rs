@@ -35,7 +35,7 @@ thread_local! {
 }
 
 impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
-    pub(super) fn new(inner: S, layer: &CircuitBreakerLayer<C, K, M>) -> Self {
+    pub(super) fn from_layer(inner: S, layer: &CircuitBreakerLayer<C, K, M>) -> Self {
         CircuitBreaker {
             inner,
             table: layer.table.clone(),
@@ -44,6 +44,21 @@ impl<S, C, K: Clone, M: Clone> CircuitBreaker<S, C, K, M> {
             on_open: layer.on_open.clone(),
             last: None,
         }
+    }
+}
+
+impl<S>
+    CircuitBreaker<
+        S,
+        crate::classify::DefaultClassifier,
+        super::ByDestination,
+        super::ReturnCircuitOpen,
+    >
+{
+    /// `inner` wrapped as [`CircuitBreakerLayer::new`](super::CircuitBreakerLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, settings: super::CircuitBreakerSettings) -> Self {
+        tower_layer::Layer::layer(&super::CircuitBreakerLayer::new(settings), inner)
     }
 }
 

@@ -181,6 +181,14 @@ pub struct ClientDeadline<S, M = ReturnDeadlineExceeded> {
     layer: ClientDeadlineLayer<M>,
 }
 
+impl<S> ClientDeadline<S> {
+    /// `inner` wrapped as [`ClientDeadlineLayer::new`](ClientDeadlineLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&ClientDeadlineLayer::new(), inner)
+    }
+}
+
 impl<S, M> ClientDeadline<S, M> {
     inner_service_accessors!(S);
 }

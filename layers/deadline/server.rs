@@ -124,6 +124,14 @@ pub struct ServerDeadline<S> {
 }
 
 impl<S> ServerDeadline<S> {
+    /// `inner` wrapped as [`ServerDeadlineLayer::new`](ServerDeadlineLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&ServerDeadlineLayer::new(), inner)
+    }
+}
+
+impl<S> ServerDeadline<S> {
     inner_service_accessors!(S);
 }
 

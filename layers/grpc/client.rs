@@ -53,6 +53,14 @@ pub struct GrpcTransport<S> {
 }
 
 impl<S> GrpcTransport<S> {
+    /// `inner` wrapped as [`GrpcTransportLayer::new`](GrpcTransportLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&GrpcTransportLayer::new(), inner)
+    }
+}
+
+impl<S> GrpcTransport<S> {
     inner_service_accessors!(S);
 }
 

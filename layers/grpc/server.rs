@@ -54,6 +54,14 @@ pub struct GrpcRefusals<S> {
 }
 
 impl<S> GrpcRefusals<S> {
+    /// `inner` wrapped as [`GrpcRefusalsLayer::new`](GrpcRefusalsLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&GrpcRefusalsLayer::new(), inner)
+    }
+}
+
+impl<S> GrpcRefusals<S> {
     inner_service_accessors!(S);
 }
 

@@ -237,6 +237,6 @@ impl<S> Layer<S> for LoadShedLayer {
     type Service = LoadShed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LoadShed::new(inner, self.settings.clone(), self.state.clone())
+        LoadShed::from_parts(inner, self.settings.clone(), self.state.clone())
     }
 }

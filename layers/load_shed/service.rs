@@ -50,7 +50,15 @@ impl<S: fmt::Debug> fmt::Debug for LoadShed<S> {
 }
 
 impl<S> LoadShed<S> {
-    pub(super) fn new(inner: S, settings: Arc<Settings>, state: Arc<Shared>) -> Self {
+    /// `inner` wrapped as [`LoadShedLayer::new`](super::LoadShedLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, capacity: usize) -> Self {
+        tower_layer::Layer::layer(&super::LoadShedLayer::new(capacity), inner)
+    }
+}
+
+impl<S> LoadShed<S> {
+    pub(super) fn from_parts(inner: S, settings: Arc<Settings>, state: Arc<Shared>) -> Self {
         LoadShed {
             inner,
             settings,

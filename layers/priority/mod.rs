@@ -119,6 +119,14 @@ pub struct ServerPriority<S> {
 }
 
 impl<S> ServerPriority<S> {
+    /// `inner` wrapped as [`ServerPriorityLayer::new`](ServerPriorityLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&ServerPriorityLayer::new(), inner)
+    }
+}
+
+impl<S> ServerPriority<S> {
     inner_service_accessors!(S);
 }
 

@@ -260,6 +260,14 @@ pub struct Propagate<S> {
 }
 
 impl<S> Propagate<S> {
+    /// `inner` wrapped as [`PropagateLayer::new`](PropagateLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&PropagateLayer::new(), inner)
+    }
+}
+
+impl<S> Propagate<S> {
     inner_service_accessors!(S);
 }
 

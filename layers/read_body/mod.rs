@@ -92,6 +92,14 @@ pub struct ReadBody<S> {
 }
 
 impl<S> ReadBody<S> {
+    /// `inner` wrapped as [`ReadBodyLayer::new`](ReadBodyLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, max: usize) -> Self {
+        tower_layer::Layer::layer(&ReadBodyLayer::new(max), inner)
+    }
+}
+
+impl<S> ReadBody<S> {
     inner_service_accessors!(S);
 }
 

@@ -47,6 +47,14 @@ impl<S: fmt::Debug, C> fmt::Debug for StrategyService<S, C> {
     }
 }
 
+impl<S> StrategyService<S> {
+    /// `inner` wrapped as [`StrategyLayer::new`](super::StrategyLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&super::StrategyLayer::new(), inner)
+    }
+}
+
 impl<S, C> StrategyService<S, C> {
     inner_service_accessors!(S);
 }

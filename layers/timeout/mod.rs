@@ -190,6 +190,14 @@ pub struct AttemptTimeout<S> {
 }
 
 impl<S> AttemptTimeout<S> {
+    /// `inner` wrapped as [`AttemptTimeoutLayer::new`](AttemptTimeoutLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        tower_layer::Layer::layer(&AttemptTimeoutLayer::new(timeout), inner)
+    }
+}
+
+impl<S> AttemptTimeout<S> {
     inner_service_accessors!(S);
 }
 
@@ -322,6 +330,14 @@ impl<S> Layer<S> for ServerTimeoutLayer {
 pub struct ServerTimeout<S> {
     inner: S,
     layer: ServerTimeoutLayer,
+}
+
+impl<S> ServerTimeout<S> {
+    /// `inner` wrapped as [`ServerTimeoutLayer::new`](ServerTimeoutLayer::new) would wrap it (tower-http's
+    /// `Service::new(inner, ..)`).
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        tower_layer::Layer::layer(&ServerTimeoutLayer::new(timeout), inner)
+    }
 }
 
 impl<S> ServerTimeout<S> {

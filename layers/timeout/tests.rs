@@ -172,3 +172,18 @@ async fn an_attempt_out_of_its_share_of_a_split_deadline_says_so() {
         TimeLimit::Deadline
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_services_are_made_by_name_as_tower_http_makes_them() {
+    // `Service::new(inner, ..)`, beside `Layer::new(..).layer(inner)`.
+    let direct = ServerTimeout::new(
+        ReadinessChecked::new(slow(Duration::from_secs(10))),
+        Duration::from_secs(1),
+    );
+    let response = direct.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+
+    let attempt = AttemptTimeout::new(transport(Duration::from_secs(10)), Duration::from_secs(1));
+    let error = attempt.oneshot(Request::new(())).await.unwrap_err();
+    assert_eq!(timed_out(error).limit(), TimeLimit::Attempt);
+}
