@@ -121,12 +121,14 @@ impl BreakerRegistry {
             .map(|s| s.state())
     }
 
-    /// Whether `self` and `other` are handles on the same table.
+    /// Whether `self` and `other` are handles on the same table (for the metrics' collector).
+    #[cfg(feature = "metrics")]
     pub(crate) fn same_table(&self, other: &BreakerRegistry) -> bool {
         Arc::ptr_eq(&self.table, &other.table)
     }
 
     /// Whether this handle is the table's last: no layer or service can count into it any more.
+    #[cfg(feature = "metrics")]
     pub(crate) fn is_last_handle(&self) -> bool {
         Arc::strong_count(&self.table) == 1
     }
