@@ -86,16 +86,10 @@ async fn main() -> Result<(), Error> {
     match &refused {
         Ok(response) => println!("client without a certificate: {}", response.status()),
         Err(error) => {
-            // The cause is at the end of the chain. Under TLS 1.3 the client's side of the
-            // handshake is done before the server checks it for a certificate, so the refusal
-            // arrives as the server closing the connection.
-            let mut chain = error.to_string();
-            let mut source = error.source();
-            while let Some(cause) = source {
-                chain.push_str(": ");
-                chain.push_str(&cause.to_string());
-                source = cause.source();
-            }
+            // The crate's errors display their causes on one line. Under TLS 1.3 the client's
+            // side of the handshake is done before the server checks it for a certificate, so
+            // the refusal arrives as the server closing the connection.
+            let chain = error.to_string();
             println!("client without a certificate: refused: {chain}");
         }
     }

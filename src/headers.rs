@@ -168,16 +168,20 @@ pub fn parse_priority(value: &HeaderValue) -> Option<Priority> {
 /// Anything else is refused so that a caller cannot put arbitrary text into a metric label.
 pub fn parse_service_name(value: &HeaderValue) -> Option<&str> {
     let bytes = value.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= MAX_SERVICE_NAME_LEN
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid {
+    if !is_service_name(bytes) {
         malformed(&X_SERVICE_NAME, value);
         return None;
     }
     std::str::from_utf8(bytes).ok()
+}
+
+/// Whether `bytes` is a service name a server reads: 1 to 64 letters, digits, `-`, `_`, `.`.
+pub(crate) fn is_service_name(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len() <= MAX_SERVICE_NAME_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The longest wait [`parse_retry_after`] returns: ten digits of delta-seconds (317 years). A

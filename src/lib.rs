@@ -69,6 +69,7 @@
 /// `get_ref`, `get_mut` and `into_inner` of a service whose wrapped service of type `$inner` is
 /// its `inner` field: the same three, documented the same way, on every service of the crate
 /// (tower-http does the same with a macro of its own).
+#[allow(unused_macros)] // Unused when only features without a service are on.
 macro_rules! inner_service_accessors {
     ($inner:ident) => {
         /// The wrapped service.

@@ -13,7 +13,19 @@ fn client_binary() -> PathBuf {
     let test_binary = std::env::current_exe().unwrap();
     let profile_dir = test_binary.parent().unwrap().parent().unwrap();
     let binary = profile_dir.join("examples").join("client");
-    assert!(binary.exists(), "{} not built", binary.display());
+    // `cargo test` builds the examples before running any test; `cargo test --test cli` does not.
+    let hint = "run `cargo test` (or `cargo build --example client` first)";
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} not built: {hint}", binary.display()));
+    let source = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/client.rs"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    assert!(
+        built >= source,
+        "{} older than its source: {hint}",
+        binary.display()
+    );
     binary
 }
 

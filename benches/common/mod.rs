@@ -176,7 +176,7 @@ fn propagate() -> PropagateLayer {
     ))
 }
 
-/// The client stack as the `Client` preset builds it (src/client.rs), over the no-op transport.
+/// The client stack as the `Client` preset builds it (src/client/builder.rs), over the no-op transport.
 pub fn client_stack(
     strategy: StrategyLayer,
 ) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = tower_lifeline::BoxError> + Clone {

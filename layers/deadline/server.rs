@@ -99,6 +99,10 @@ impl ServerDeadlineLayer {
     /// server ran out of the caller's time, as [`ServerTimeoutLayer`](crate::timeout) says with
     /// `504`. A request refused on arrival, with too little time left, still gets aio-request's
     /// `408`: there the caller's time was too short before the server did anything.
+    ///
+    /// Use a 4xx or 5xx: the answer has an empty body, which a 2xx would pass off as a result.
+    /// A 5xx counts in the server's error ratio (the dashboards' `ServerErrorRatioHigh`): callers
+    /// that send deadlines shorter than the handler needs show there.
     pub fn expiry_status(mut self, status: StatusCode) -> Self {
         self.settings.expiry_status = status;
         self

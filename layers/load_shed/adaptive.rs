@@ -198,6 +198,12 @@ impl Controller {
         &self.settings
     }
 
+    /// Samples in the current window, for tests.
+    #[cfg(test)]
+    pub(crate) fn window_samples(&self) -> u64 {
+        self.window_samples.load(Ordering::Relaxed)
+    }
+
     /// The current limit.
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)

@@ -229,11 +229,24 @@ where
                                 expiry.set(None);
                                 if let Some(slot) = slot.as_mut() {
                                     if slot.release() {
-                                        slot.state
+                                        let state = &slot.state;
+                                        state
                                             .counters
                                             .released_at_deadline
                                             .fetch_add(1, Ordering::Relaxed);
                                         tracing::debug!("deadline passed: giving the slot back");
+                                        // Cut at its deadline: its time says the most about a
+                                        // server too slow for its load, and a deadline layer
+                                        // outside answers it without this future seeing it.
+                                        let now = Instant::now();
+                                        let served = served_since(*started, upload.as_ref());
+                                        if let (Some(controller), Some(from)) =
+                                            (&state.adaptive, served)
+                                        {
+                                            let took = now.saturating_duration_since(from);
+                                            controller
+                                                .record(took, now, || state.shed_for_overload());
+                                        }
                                     }
                                 }
                             }
@@ -246,7 +259,8 @@ where
                 if let (Some(route), Some(sample)) = (route.take(), sample.route) {
                     route.record(sample);
                 }
-                let state = slot.as_ref().map(|s| &s.state);
+                // A slot given back at the deadline was counted for the limit then.
+                let state = slot.as_ref().filter(|s| s.held).map(|s| &s.state);
                 if let (Some(state), Some(sample)) = (state, sample.limit) {
                     if let Some(controller) = &state.adaptive {
                         controller.record(sample, now, || state.shed_for_overload());
@@ -295,14 +309,23 @@ pub(super) fn service_time<B, E>(
     if status.is_server_error() && !cut {
         return none;
     }
-    let from = match upload.map(|u| u.state()) {
-        None => started,
-        Some(Upload::Finished(at)) => at.max(started),
-        Some(Upload::Receiving | Upload::Failed) => return none,
+    let Some(from) = served_since(started, upload.as_ref()) else {
+        return none;
     };
     let took = now.saturating_duration_since(from);
     ServiceTime {
         route: (!cut).then_some(took),
         limit: Some(took),
+    }
+}
+
+/// When the server's own part of a request began: at its admission, or at the end of its upload
+/// when one was marked; `None` while the upload is still arriving or after it failed (the time
+/// is the caller's then).
+fn served_since(started: Instant, upload: Option<&UploadProgress>) -> Option<Instant> {
+    match upload.map(UploadProgress::state) {
+        None => Some(started),
+        Some(Upload::Finished(at)) => Some(at.max(started)),
+        Some(Upload::Receiving | Upload::Failed) => None,
     }
 }

@@ -548,3 +548,33 @@ async fn a_setting_changed_on_a_clone_keeps_the_one_shared_limit() {
         assert_eq!(status.await.unwrap(), StatusCode::OK);
     }
 }
+
+#[cfg(feature = "deadline")]
+#[tokio::test(start_paused = true)]
+async fn a_request_cut_at_its_deadline_by_a_layer_outside_is_one_sample_for_the_adaptive_limit() {
+    use crate::deadline::ServerDeadlineLayer;
+    // With the handler cancelled at the deadline (the deadline layer answers 504 itself, this
+    // layer's future is dropped unseen), and with it running on past the deadline.
+    for cancel in [true, false] {
+        let layer = LoadShedLayer::adaptive();
+        let svc = ServerDeadlineLayer::new()
+            .cancel_on_expiry(cancel)
+            .layer(layer.layer(ReadinessChecked::new(handler(Arc::new(Semaphore::new(0))))));
+        let request = Request::get("/")
+            .header("x-request-timeout", "0.1")
+            .header("sleep-ms", "1000")
+            .body(())
+            .unwrap();
+        let response = svc.oneshot(request).await.unwrap();
+        let expected = if cancel {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(response.status(), expected);
+        drop(response);
+        let controller = layer.state.adaptive.as_ref().unwrap();
+        assert_eq!(controller.window_samples(), 1, "cancel_on_expiry({cancel})");
+        assert_eq!(layer.stats().released_at_deadline, 1);
+    }
+}

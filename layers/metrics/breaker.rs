@@ -32,6 +32,9 @@ impl Sources {
         self.live.retain(|table| {
             let unused = table.is_last_handle();
             if unused {
+                // Pairs with the release of the last other handle's drop, so its final
+                // refusals are in the count.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
                 *retired += table.refused();
             }
             !unused

@@ -34,6 +34,9 @@ impl Sources {
             // Only this list holds it: nothing can count into it any more.
             let unused = Arc::strong_count(stats) == 1;
             if unused {
+                // Pairs with the release of the last other handle's drop, so its final
+                // increments are in the snapshot.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
                 *retired = sum(*retired, stats.snapshot());
             }
             !unused

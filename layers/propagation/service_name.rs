@@ -25,14 +25,17 @@ pub struct ServiceName(HeaderValue);
 impl ServiceName {
     /// `name`, if a server would read it.
     pub fn new(name: &str) -> Result<Self, InvalidServiceName> {
+        // Checked here without the wire parser, which logs what it ignores: this name is the
+        // program's own, and the error says what is wrong with it.
+        if !headers::is_service_name(name.as_bytes()) {
+            return Err(InvalidServiceName(name.to_owned()));
+        }
         HeaderValue::from_str(name)
-            .ok()
-            .filter(|value| headers::parse_service_name(value).is_some())
             .map(ServiceName)
-            .ok_or_else(|| InvalidServiceName(name.to_owned()))
+            .map_err(|_| InvalidServiceName(name.to_owned()))
     }
 
-    /// A literal name, as `HeaderValue::from_static` takes one.
+    /// A literal name, as `HeaderValue::from_static` takes one (not `const`: the check is not).
     ///
     /// # Panics
     ///
