@@ -155,3 +155,56 @@ async fn client_metrics_registered_in_the_servers_registry_show_calls_retries_an
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_dropped_clients_retries_stay_in_the_counter() {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let failures = failures.clone();
+        // 503 on every odd call: each call is answered on its second attempt.
+        Router::new().route(
+            "/flaky",
+            get(move || {
+                let failures = failures.clone();
+                async move {
+                    if failures.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let server = Server::builder().build(app).unwrap();
+    let client_metrics =
+        ClientMetrics::register(server.registry(), MetricsConfig::default()).unwrap();
+    let addr = common::serve(server.router()).await;
+    let client = |metrics: ClientMetrics| {
+        Client::builder()
+            .base_url(&format!("http://{addr}"))
+            .metrics(metrics)
+            .build()
+            .unwrap()
+    };
+
+    let first = client(client_metrics.clone());
+    assert_eq!(first.get("/flaky").send().await.unwrap().attempts(), 2);
+    drop(first);
+    let text = scrape(addr).await;
+    // The first client is gone: its retry is folded into the total, not lost.
+    assert_eq!(
+        sample(&text, "http_client_retries_total"),
+        Some(1.0),
+        "{text}"
+    );
+
+    let second = client(client_metrics);
+    assert_eq!(second.get("/flaky").send().await.unwrap().attempts(), 2);
+    let text = scrape(addr).await;
+    assert_eq!(
+        sample(&text, "http_client_retries_total"),
+        Some(2.0),
+        "{text}"
+    );
+}
