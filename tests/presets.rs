@@ -167,7 +167,7 @@ async fn a_dropped_clients_retries_stay_in_the_counter() {
             get(move || {
                 let failures = failures.clone();
                 async move {
-                    if failures.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    if failures.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
                         StatusCode::OK
