@@ -168,14 +168,6 @@ impl std::fmt::Display for Deadline {
     }
 }
 
-/// Marks a response made because the handler was cut at the request's deadline (the server
-/// deadline layer's `cancel_on_expiry` answer), whatever its status: load shedding counts such a
-/// request's time in its adaptive limit (a server too slow for its load says so this way), but
-/// not in the route's typical time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // Made by the deadline layer, read by load shedding: each behind a feature.
-pub(crate) struct CutAtDeadline;
-
 /// Marks a request whose [`Deadline`] is one attempt's share of the call's deadline (the strategy
 /// layer's [`Split`](crate::strategy::AttemptDeadline::Split)), not the call's own: an attempt
 /// timeout that runs out at it has spent its share, and the call may still have time to retry.

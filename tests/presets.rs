@@ -23,6 +23,21 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     common::text(response.into_body()).await
 }
 
+/// A route that answers 503 to the calls `fails` picks (counted from 0), 200 to the others.
+fn flaky(fails: fn(usize) -> bool) -> axum::routing::MethodRouter {
+    let calls = Arc::new(AtomicUsize::new(0));
+    get(move || {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if fails(call) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        }
+    })
+}
+
 /// The value of the one sample line that starts with `series` (name and labels).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -90,26 +105,10 @@ async fn two_servers_in_one_process_each_serve_their_own_metrics_and_the_default
 
 #[tokio::test]
 async fn client_metrics_registered_in_the_servers_registry_show_calls_retries_and_breakers() {
-    let failures = Arc::new(AtomicUsize::new(0));
-    let app = {
-        let failures = failures.clone();
-        Router::new()
-            .route("/hello", get(|| async { "hello" }))
-            // 503 twice, then 200.
-            .route(
-                "/flaky",
-                get(move || {
-                    let failures = failures.clone();
-                    async move {
-                        if failures.fetch_add(1, Ordering::SeqCst) < 2 {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        } else {
-                            StatusCode::OK
-                        }
-                    }
-                }),
-            )
-    };
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        // 503 twice, then 200.
+        .route("/flaky", flaky(|call| call < 2));
     let server = Server::builder().build(app).unwrap();
     // The one line: the client's series go where the server's are, and `/metrics` serves both.
     let client_metrics =
@@ -158,24 +157,8 @@ async fn client_metrics_registered_in_the_servers_registry_show_calls_retries_an
 
 #[tokio::test]
 async fn a_dropped_clients_retries_stay_in_the_counter() {
-    let failures = Arc::new(AtomicUsize::new(0));
-    let app = {
-        let failures = failures.clone();
-        // 503 on every odd call: each call is answered on its second attempt.
-        Router::new().route(
-            "/flaky",
-            get(move || {
-                let failures = failures.clone();
-                async move {
-                    if failures.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    }
-                }
-            }),
-        )
-    };
+    // 503 on every odd call: each call is answered on its second attempt.
+    let app = Router::new().route("/flaky", flaky(|call| call.is_multiple_of(2)));
     let server = Server::builder().build(app).unwrap();
     let client_metrics =
         ClientMetrics::register(server.registry(), MetricsConfig::default()).unwrap();

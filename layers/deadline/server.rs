@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{DEFAULT_LOW_TIME_THRESHOLD, DEFAULT_MAX_TIMEOUT, DEFAULT_TIMEOUT};
-use crate::context::{instant_after, CutAtDeadline, Deadline, InContext, RequestContext};
+use crate::context::{instant_after, Deadline, InContext, RequestContext};
 use crate::headers;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,9 +406,7 @@ where
                         None => {
                             tracing::debug!("deadline passed: handler cancelled");
                             timer.set(None);
-                            let mut response = out_of_time(*expiry_status);
-                            response.extensions_mut().insert(CutAtDeadline);
-                            return Poll::Ready(Ok(response));
+                            return Poll::Ready(Ok(out_of_time(*expiry_status)));
                         }
                     }
                 }

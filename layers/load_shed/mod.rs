@@ -99,7 +99,7 @@ use adaptive::Controller;
 pub use body::ShedBody;
 use route::RouteKey;
 pub use service::{LoadShed, LoadShedFuture};
-use state::{Settings, State};
+use state::{Config, Settings, State};
 pub use stats::LoadShedStats;
 
 /// The default number of routes whose service time is tracked.
@@ -118,8 +118,7 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// See the [module docs](self) for the behaviour and an example.
 #[derive(Clone)]
 pub struct LoadShedLayer {
-    settings: Arc<Settings>,
-    state: Arc<State>,
+    config: Arc<Config>,
 }
 
 impl LoadShedLayer {
@@ -152,16 +151,18 @@ impl LoadShedLayer {
         let normal_limit = capacity - reserve;
         let low_limit = (capacity / 2).clamp(1, normal_limit.max(1));
         LoadShedLayer {
-            settings: Arc::new(Settings {
-                capacity,
-                low_limit,
-                normal_limit,
-                retry_after: retry_after_value(DEFAULT_RETRY_AFTER),
-                max_routes: DEFAULT_MAX_ROUTES,
-                deadline_admission: true,
-                route_key: RouteKey::MatchedPath,
+            config: Arc::new(Config {
+                settings: Settings {
+                    capacity,
+                    low_limit,
+                    normal_limit,
+                    retry_after: retry_after_value(DEFAULT_RETRY_AFTER),
+                    max_routes: DEFAULT_MAX_ROUTES,
+                    deadline_admission: true,
+                    route_key: RouteKey::MatchedPath,
+                },
+                state: Arc::new(state),
             }),
-            state: Arc::new(state),
         }
     }
 
@@ -203,12 +204,12 @@ impl LoadShedLayer {
 
     /// What has been admitted and shed so far, and how many requests are in flight now.
     pub fn stats(&self) -> LoadShedStats {
-        self.state.stats(&self.settings)
+        self.config.state.stats(&self.config.settings)
     }
 
     /// Changes this layer's settings; the state stays shared with every clone.
     fn configure(mut self, change: impl FnOnce(&mut Settings)) -> Self {
-        change(Arc::make_mut(&mut self.settings));
+        change(&mut Arc::make_mut(&mut self.config).settings);
         self
     }
 }
@@ -223,12 +224,15 @@ impl fmt::Debug for LoadShedLayer {
         f.debug_struct("LoadShedLayer")
             .field(
                 "adaptive",
-                &self.state.adaptive.as_ref().map(|c| c.settings()),
+                &self.config.state.adaptive.as_ref().map(|c| c.settings()),
             )
-            .field("capacity", &self.settings.capacity)
-            .field("low_limit", &self.settings.low_limit)
-            .field("normal_limit", &self.settings.normal_limit)
-            .field("deadline_admission", &self.settings.deadline_admission)
+            .field("capacity", &self.config.settings.capacity)
+            .field("low_limit", &self.config.settings.low_limit)
+            .field("normal_limit", &self.config.settings.normal_limit)
+            .field(
+                "deadline_admission",
+                &self.config.settings.deadline_admission,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -237,6 +241,6 @@ impl<S> Layer<S> for LoadShedLayer {
     type Service = LoadShed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LoadShed::from_parts(inner, self.settings.clone(), self.state.clone())
+        LoadShed::from_parts(inner, self.config.clone())
     }
 }

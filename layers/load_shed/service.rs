@@ -17,25 +17,23 @@ use tower_service::Service;
 
 use super::body::ShedBody;
 use super::route::RouteEstimate;
-use super::state::{Settings, Slot, State as Shared};
+use super::state::{Config, Slot};
 use super::stats::{index, LoadShedStats};
-use crate::context::{CutAtDeadline, RequestContext};
+use crate::context::RequestContext;
 use crate::headers;
 use crate::upload::{Upload, UploadProgress};
 
 /// The service made by [`LoadShedLayer`](super::LoadShedLayer). See the [module docs](super).
 pub struct LoadShed<S> {
     inner: S,
-    settings: Arc<Settings>,
-    state: Arc<Shared>,
+    config: Arc<Config>,
 }
 
 impl<S: Clone> Clone for LoadShed<S> {
     fn clone(&self) -> Self {
         LoadShed {
             inner: self.inner.clone(),
-            settings: self.settings.clone(),
-            state: self.state.clone(),
+            config: self.config.clone(),
         }
     }
 }
@@ -44,7 +42,7 @@ impl<S: fmt::Debug> fmt::Debug for LoadShed<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadShed")
             .field("inner", &self.inner)
-            .field("capacity", &self.settings.capacity)
+            .field("capacity", &self.config.settings.capacity)
             .finish_non_exhaustive()
     }
 }
@@ -58,17 +56,13 @@ impl<S> LoadShed<S> {
 }
 
 impl<S> LoadShed<S> {
-    pub(super) fn from_parts(inner: S, settings: Arc<Settings>, state: Arc<Shared>) -> Self {
-        LoadShed {
-            inner,
-            settings,
-            state,
-        }
+    pub(super) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        LoadShed { inner, config }
     }
 
     /// What has been admitted and shed so far by every service of this layer.
     pub fn stats(&self) -> LoadShedStats {
-        self.state.stats(&self.settings)
+        self.config.state.stats(&self.config.settings)
     }
 
     inner_service_accessors!(S);
@@ -88,7 +82,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (settings, state) = (&*self.settings, &self.state);
+        let (settings, state) = (&self.config.settings, &self.config.state);
         // Read once: the time left to the deadline and the start of the handler's latency.
         let now = Instant::now();
         let ctx = RequestContext::of(&req);
@@ -118,9 +112,8 @@ where
         };
         state.counters.admitted.fetch_add(1, Ordering::Relaxed);
         let upload = req.extensions().get::<UploadProgress>().cloned();
-        let expiry = ctx
-            .deadline()
-            .map(|d| tokio::time::sleep_until(d.instant()));
+        let deadline = ctx.deadline().map(|d| d.instant());
+        let expiry = deadline.map(tokio::time::sleep_until);
         LoadShedFuture {
             state: State::Admitted {
                 inner: self.inner.call(req),
@@ -128,6 +121,7 @@ where
                 route,
                 started: now,
                 upload,
+                deadline,
                 expiry,
             },
         }
@@ -176,6 +170,7 @@ pin_project! {
             route: Option<Arc<RouteEstimate>>,
             started: Instant,
             upload: Option<UploadProgress>,
+            deadline: Option<Instant>,
             #[pin]
             expiry: Option<Sleep>,
         },
@@ -219,6 +214,7 @@ where
                 route,
                 started,
                 upload,
+                deadline,
                 mut expiry,
             } => {
                 let result = match inner.poll(cx) {
@@ -255,7 +251,7 @@ where
                     }
                 };
                 let now = Instant::now();
-                let sample = service_time(&result, *started, upload.take(), now);
+                let sample = service_time(&result, *started, upload.take(), *deadline, now);
                 if let (Some(route), Some(sample)) = (route.take(), sample.route) {
                     route.record(sample);
                 }
@@ -293,6 +289,7 @@ pub(super) fn service_time<B, E>(
     result: &Result<Response<B>, E>,
     started: Instant,
     upload: Option<UploadProgress>,
+    deadline: Option<Instant>,
     now: Instant,
 ) -> ServiceTime {
     let none = ServiceTime {
@@ -303,9 +300,11 @@ pub(super) fn service_time<B, E>(
         return none;
     };
     let status = response.status();
-    // Cut at its deadline: 408 as aio-request answers, or whatever the deadline layer was told.
+    // Cut at its deadline: 408 as aio-request answers, or a 5xx that came at the deadline (a
+    // route timeout inside cancelled the handler; a handler still running then has had its
+    // sample taken when its slot was given back).
     let cut = status == StatusCode::REQUEST_TIMEOUT
-        || response.extensions().get::<CutAtDeadline>().is_some();
+        || (status.is_server_error() && deadline.is_some_and(|deadline| now >= deadline));
     if status.is_server_error() && !cut {
         return none;
     }

@@ -25,6 +25,15 @@ pub(super) struct Settings {
     pub(super) route_key: RouteKey,
 }
 
+/// A layer's settings and the state it shares with its clones, behind one `Arc` for a service
+/// to clone (axum clones a route's service for every request). A setter copies the settings on
+/// write and keeps the `Arc<State>`.
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) settings: Settings,
+    pub(super) state: Arc<State>,
+}
+
 /// What every service of a layer and its clones share, so that `Router::layer` (which wraps each
 /// route separately) still limits the whole server.
 #[derive(Default)]

@@ -11,7 +11,6 @@ use tower::{Layer, Service, ServiceExt};
 use super::route::{RouteEstimate, MIN_SAMPLES};
 use super::service::service_time;
 use super::*;
-use crate::context::CutAtDeadline;
 use crate::context::{Deadline, Priority, RequestContext};
 use crate::test_util::ReadinessChecked;
 use crate::upload::UploadProgress;
@@ -92,22 +91,25 @@ where
 #[tokio::test(start_paused = true)]
 async fn default_limits_reserve_a_fifth_for_high_and_half_for_low() {
     let layer = LoadShedLayer::new(10);
-    assert_eq!(layer.settings.low_limit, 5);
-    assert_eq!(layer.settings.normal_limit, 8);
-    assert_eq!(layer.settings.capacity, 10);
+    assert_eq!(layer.config.settings.low_limit, 5);
+    assert_eq!(layer.config.settings.normal_limit, 8);
+    assert_eq!(layer.config.settings.capacity, 10);
     // Degenerate capacities stay usable rather than panicking.
     let one = LoadShedLayer::new(0);
     assert_eq!(
         (
-            one.settings.low_limit,
-            one.settings.normal_limit,
-            one.settings.capacity
+            one.config.settings.low_limit,
+            one.config.settings.normal_limit,
+            one.config.settings.capacity
         ),
         (1, 1, 1)
     );
     let clamped = LoadShedLayer::new(4).priority_limits(100, 0);
     assert_eq!(
-        (clamped.settings.low_limit, clamped.settings.normal_limit),
+        (
+            clamped.config.settings.low_limit,
+            clamped.config.settings.normal_limit
+        ),
         (1, 1)
     );
 }
@@ -337,7 +339,7 @@ async fn the_route_table_is_bounded() {
             status(&svc, slow).await;
         }
     }
-    assert_eq!(layer.state.routes.read().unwrap().len(), 1);
+    assert_eq!(layer.config.state.routes.read().unwrap().len(), 1);
     let short = |path: &str| {
         let mut req = Request::get(path).body(()).unwrap();
         req.extensions_mut().insert(RequestContext::new(
@@ -467,7 +469,7 @@ fn timed(sleep_ms: u64, status: u16, upload: Option<UploadProgress>) -> Request<
 }
 
 fn estimate_of(layer: &LoadShedLayer) -> Option<Duration> {
-    let routes = layer.state.routes.read().unwrap();
+    let routes = layer.config.state.routes.read().unwrap();
     routes.get("/route").and_then(|r| r.get())
 }
 
@@ -509,22 +511,27 @@ async fn a_handler_cut_at_its_deadline_counts_for_the_limit_but_not_the_route_wh
 {
     let started = Instant::now();
     tokio::time::advance(Duration::from_millis(40)).await;
-    let answer = |status: u16, cut: bool| {
+    let answer = |status: u16| {
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
-        if cut {
-            response.extensions_mut().insert(CutAtDeadline);
-        }
         Ok::<_, ()>(response)
     };
+    // The deadline has come (a cut), or is still a second away.
+    let deadline = |cut: bool| Some(Instant::now() + Duration::from_secs(u64::from(!cut)));
     let took = Some(Duration::from_millis(40));
     for (status, cut) in [(504, true), (408, false), (503, true)] {
-        let sample = service_time(&answer(status, cut), started, None, Instant::now());
+        let sample = service_time(
+            &answer(status),
+            started,
+            None,
+            deadline(cut),
+            Instant::now(),
+        );
         assert_eq!(sample.limit, took, "{status} cut={cut}");
         assert_eq!(sample.route, None, "{status} cut={cut}");
     }
     // A 504 of the handler's own is a failure: no sample at all.
-    let sample = service_time(&answer(504, false), started, None, Instant::now());
+    let sample = service_time(&answer(504), started, None, deadline(false), Instant::now());
     assert_eq!((sample.limit, sample.route), (None, None));
 }
 
@@ -573,7 +580,7 @@ async fn a_request_cut_at_its_deadline_by_a_layer_outside_is_one_sample_for_the_
         };
         assert_eq!(response.status(), expected);
         drop(response);
-        let controller = layer.state.adaptive.as_ref().unwrap();
+        let controller = layer.config.state.adaptive.as_ref().unwrap();
         assert_eq!(controller.window_samples(), 1, "cancel_on_expiry({cancel})");
         assert_eq!(layer.stats().released_at_deadline, 1);
     }
