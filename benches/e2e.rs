@@ -2,7 +2,7 @@
 //! alternating A/B rounds, in one process.
 //!
 //! ```text
-//! cargo bench --bench e2e [-- --rounds N --secs S --connections C]
+//! cargo bench --bench e2e [-- --rounds N --secs S --connections C --only NAME]
 //! ```
 //!
 //! Servers on 127.0.0.1, each serving `GET /hello`:
@@ -17,9 +17,12 @@
 //! The load generator keeps C HTTP/1.1 keep-alive connections busy (one request at a time on
 //! each) for S seconds per round; rounds alternate between the variants. Then the clients: C
 //! tasks sharing one bare hyper-util client, one `tower_lifeline::client::Client` with its
-//! defaults, or one `Client` with a single attempt and no breaker, against the bare server. It
-//! prints requests per second and p50/p99 per variant, and the ratios to bare.
-//! Bounded in time (about `rounds * secs * 6` seconds), loopback only, stops by itself.
+//! defaults, one `Client` with a single attempt and no breaker, bare reqwest, and the `Client`
+//! preset over that reqwest client (`ClientBuilder::reqwest`), against the bare server. It
+//! prints requests per second and p50/p99 per variant, and the ratios to its bare peer.
+//! `--only NAME` runs only the variants whose name contains NAME (and the bare ones), for
+//! profiling one of them. Bounded in time (about `rounds * secs * 9` seconds), loopback only,
+//! stops by itself.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,6 +42,8 @@ struct Options {
     rounds: u32,
     secs: f64,
     connections: usize,
+    /// Only the variants whose name contains this (and the bare one), for profiling.
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -46,6 +51,7 @@ fn options() -> Options {
         rounds: 3,
         secs: 3.0,
         connections: 32,
+        only: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -55,6 +61,7 @@ fn options() -> Options {
             ("--rounds", Some(v)) => options.rounds = v.parse().expect("--rounds N"),
             ("--secs", Some(v)) => options.secs = v.parse().expect("--secs S"),
             ("--connections", Some(v)) => options.connections = v.parse().expect("--connections C"),
+            ("--only", Some(v)) => options.only = Some(v.clone()),
             _ => {
                 // `cargo bench` adds `--bench`; anything else unknown is ignored too.
                 i += 1;
@@ -77,6 +84,13 @@ async fn serve(app: Router) -> SocketAddr {
     let addr = listener.local_addr().expect("local address");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+impl Options {
+    /// Whether to run variant `index` named `name`: the bare one (index 0) always.
+    fn wanted(&self, index: usize, name: &str) -> bool {
+        index == 0 || self.only.as_deref().is_none_or(|only| name.contains(only))
+    }
 }
 
 /// What one variant saw over all its rounds.
@@ -168,6 +182,7 @@ enum AnyClient {
         >,
     ),
     Lifeline(Client),
+    Reqwest(reqwest::Client),
 }
 
 impl AnyClient {
@@ -186,6 +201,10 @@ impl AnyClient {
                     Err(_) => false,
                 }
             }
+            AnyClient::Reqwest(client) => match client.get(&url).send().await {
+                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            },
             AnyClient::Lifeline(client) => match client.get(&url).send().await {
                 Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
                 Err(_) => false,
@@ -229,15 +248,23 @@ async fn client_round(
     tally.elapsed += started.elapsed();
 }
 
-fn report(title: &str, names: &[&str], tallies: &mut [Tally]) {
+/// Prints the table; each variant's ratios are to the variant at its index in `peers` (its own
+/// bare peer: hyper-util for the preset over hyper-util, reqwest for the preset over reqwest).
+fn report(title: &str, names: &[&str], peers: &[usize], tallies: &mut [Tally]) {
     println!("\n{title}");
     println!(
-        "| variant | requests/s | p50 ms | p99 ms | errors | throughput vs bare | p99 vs bare |"
+        "| variant | requests/s | p50 ms | p99 ms | errors | throughput vs its bare peer | p99 vs its bare peer |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let bare_rps = tallies[0].rps();
-    let bare_p99 = tallies[0].percentile(99.0);
-    for (name, tally) in names.iter().zip(tallies.iter_mut()) {
+    let bare: Vec<(f64, f64)> = tallies
+        .iter_mut()
+        .map(|t| (t.rps(), t.percentile(99.0)))
+        .collect();
+    for ((name, tally), &peer) in names.iter().zip(tallies.iter_mut()).zip(peers) {
+        if tally.requests == 0 && tally.errors == 0 {
+            continue; // not run (--only)
+        }
+        let (bare_rps, bare_p99) = bare[peer];
         let (rps, p50, p99) = (tally.rps(), tally.percentile(50.0), tally.percentile(99.0));
         println!(
             "| {name} | {rps:.0} | {p50:.3} | {p99:.3} | {} | {:.3} | {:.3} |",
@@ -287,15 +314,22 @@ fn main() {
         ];
         let mut tallies: Vec<Tally> = servers.iter().map(|_| Tally::default()).collect();
         // Warm up every server (connections, lazily built label sets), then alternate rounds.
-        for addr in servers {
-            server_round(addr, options.connections, 0.5, &mut Tally::default()).await;
+        let wanted = |i: usize, names: &[&str]| options.wanted(i, names[i]);
+        for (_, addr) in servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| wanted(*i, &names))
+        {
+            server_round(*addr, options.connections, 0.5, &mut Tally::default()).await;
         }
         for _ in 0..options.rounds {
-            for (addr, tally) in servers.iter().zip(tallies.iter_mut()) {
-                server_round(*addr, options.connections, options.secs, tally).await;
+            for (i, (addr, tally)) in servers.iter().zip(tallies.iter_mut()).enumerate() {
+                if wanted(i, &names) {
+                    server_round(*addr, options.connections, options.secs, tally).await;
+                }
             }
         }
-        report("servers (GET /hello)", &names, &mut tallies);
+        report("servers (GET /hello)", &names, &[0; 4], &mut tallies);
 
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
@@ -320,14 +354,38 @@ fn main() {
                 .build()
                 .expect("client"),
         );
-        let clients = [bare_client, lifeline, minimal];
+        let bare_reqwest = reqwest::Client::builder()
+            .pool_max_idle_per_host(options.connections)
+            .tcp_nodelay(true)
+            .build()
+            .expect("reqwest client");
+        // The preset over reqwest (`ClientBuilder::reqwest`), against reqwest alone.
+        let over_reqwest = AnyClient::Lifeline(
+            Client::builder()
+                .reqwest(bare_reqwest.clone())
+                .build()
+                .expect("client"),
+        );
+        let clients = [
+            bare_client,
+            lifeline,
+            minimal,
+            AnyClient::Reqwest(bare_reqwest),
+            over_reqwest,
+        ];
         let names = [
             "bare hyper-util client",
             "tower-lifeline Client",
             "tower-lifeline Client, single attempt, no breaker",
+            "bare reqwest client",
+            "tower-lifeline Client over reqwest",
         ];
         let mut tallies: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
-        for client in &clients {
+        for (_, client) in clients
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| wanted(*i, &names))
+        {
             client_round(
                 client,
                 bare,
@@ -338,13 +396,16 @@ fn main() {
             .await;
         }
         for _ in 0..options.rounds {
-            for (client, tally) in clients.iter().zip(tallies.iter_mut()) {
-                client_round(client, bare, options.connections, options.secs, tally).await;
+            for (i, (client, tally)) in clients.iter().zip(tallies.iter_mut()).enumerate() {
+                if wanted(i, &names) {
+                    client_round(client, bare, options.connections, options.secs, tally).await;
+                }
             }
         }
         report(
             "clients (GET /hello on the bare server)",
             &names,
+            &[0, 0, 0, 3, 3],
             &mut tallies,
         );
         println!(

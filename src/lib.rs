@@ -100,6 +100,8 @@ pub mod upload;
 mod builder;
 #[cfg(any(feature = "metrics", feature = "strategy", feature = "circuit-breaker"))]
 mod destination;
+#[cfg(any(feature = "shutdown", feature = "metrics", feature = "load-shed"))]
+mod sharded;
 #[cfg(test)]
 mod test_util;
 pub use builder::ServiceBuilderExt;

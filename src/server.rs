@@ -265,7 +265,14 @@ impl ServerBuilder {
             None => LoadShedLayer::adaptive_with(self.adaptive),
         };
         metrics::register_load_shed(&registry, shed.clone())?;
-        let stack = ServiceBuilder::new().layer(server_metrics.layer());
+        // The whole stack is one layer on each of the application's routes: axum boxes a route
+        // once per `Router::layer`, and each box costs a clone and a boxed future per request.
+        let stack = ServiceBuilder::new().layer(self.shutdown.layer());
+        // Outermost on the application's routes but for the drain: refusals by the stack are
+        // spans too.
+        #[cfg(feature = "opentelemetry")]
+        let stack = stack.layer(crate::otel::ServerTraceLayer::new());
+        let stack = stack.layer(server_metrics.layer());
         // Inside the metrics, which then record the code a gRPC caller saw.
         #[cfg(feature = "grpc")]
         let stack = stack.layer(crate::grpc::GrpcRefusalsLayer::new());
@@ -275,24 +282,24 @@ impl ServerBuilder {
             .layer(RequestBodyTimeoutLayer::new(self.body_timeout))
             .layer(shed.clone());
         let app = app.layer(stack);
-        // Outermost on the application's routes: refusals by the stack are spans too.
-        #[cfg(feature = "opentelemetry")]
-        let app = app.layer(crate::otel::ServerTraceLayer::new());
-        let mut router = app;
         let metrics_routes = Router::new().route(
             "/metrics",
             metrics::route_with_default_registry(registry.clone()),
         );
+        let mut probes = self.health.shutdown(&self.shutdown).router();
         let metrics_server = match self.metrics_listener {
             Some(listener) => Some((listener, metrics_routes)),
             None => {
-                router = router.merge(metrics_routes);
+                probes = probes.merge(metrics_routes);
                 None
             }
         };
-        let router = router
-            .merge(self.health.shutdown(&self.shutdown).router())
-            .layer(self.shutdown.layer());
+        // The probes and `/metrics` are drained too, but neither metered nor shed. `with_state`
+        // turns every route into its final service now rather than on each request (what
+        // `axum::serve` does; `Server::serve` calls the router directly).
+        let router = app
+            .merge(probes.layer(self.shutdown.layer()))
+            .with_state(());
         Ok(Server {
             router,
             shutdown: self.shutdown,

@@ -379,4 +379,27 @@ pub fn each_case<V: Visitor>(v: &mut V) {
         "ours: full server stack",
         server_stack(Noop, &shutdown),
     );
+
+    // Routers, as `axum::serve` runs them: the bare app, and the same app in the `Server`
+    // preset (its layers on each route, the probes and `/metrics` beside it, routing included).
+    v.visit(
+        "router",
+        "bare axum router",
+        hello_app().with_state::<()>(()),
+    );
+    v.visit(
+        "router",
+        "ours: Server preset router",
+        tower_lifeline::server::Server::builder()
+            .registry(tower_lifeline::prometheus::Registry::new())
+            .build(hello_app())
+            .expect("server preset")
+            .router()
+            .with_state::<()>(()),
+    );
+}
+
+/// The app of the router cases: `GET /hello` answers "hello".
+pub fn hello_app() -> axum::Router {
+    axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }))
 }

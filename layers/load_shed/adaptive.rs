@@ -38,6 +38,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::sharded::ShardedCounter;
+
 /// Settings of the adaptive limit. The defaults suit most servers: nothing needs configuring.
 ///
 /// ```
@@ -142,8 +144,9 @@ pub(crate) struct Controller {
     epoch: Instant,
     limit: AtomicUsize,
     /// The current window's samples: their sum in nanoseconds and their count.
-    window_nanos: AtomicU64,
-    window_samples: AtomicU64,
+    /// Written by every sample, from every core: split per core, summed at the window's end.
+    window_nanos: ShardedCounter,
+    window_samples: ShardedCounter,
     /// Nanoseconds from `epoch` to the end of the current window.
     window_end: AtomicU64,
     estimator: Mutex<Estimator>,
@@ -176,8 +179,8 @@ impl Controller {
             settings,
             epoch,
             limit: AtomicUsize::new(initial),
-            window_nanos: AtomicU64::new(0),
-            window_samples: AtomicU64::new(0),
+            window_nanos: ShardedCounter::new(),
+            window_samples: ShardedCounter::new(),
             window_end: AtomicU64::new(nanos(settings.update_interval)),
             estimator: Mutex::new(Estimator {
                 min_rtt: None,
@@ -201,7 +204,7 @@ impl Controller {
     /// Samples in the current window, for tests.
     #[cfg(test)]
     pub(crate) fn window_samples(&self) -> u64 {
-        self.window_samples.load(Ordering::Relaxed)
+        u64::try_from(self.window_samples.sum()).unwrap_or(0)
     }
 
     /// The current limit.
@@ -213,8 +216,8 @@ impl Controller {
     /// `shed` gives the number of overload refusals so far.
     pub(crate) fn record(&self, sample: Duration, now: Instant, shed: impl FnOnce() -> u64) {
         self.window_nanos
-            .fetch_add(nanos(sample), Ordering::Relaxed);
-        self.window_samples.fetch_add(1, Ordering::Relaxed);
+            .add(i64::try_from(nanos(sample)).unwrap_or(i64::MAX));
+        self.window_samples.add(1);
         let since_epoch = nanos(now.saturating_duration_since(self.epoch));
         if since_epoch < self.window_end.load(Ordering::Relaxed) {
             return;
@@ -226,7 +229,7 @@ impl Controller {
         if since_epoch < self.window_end.load(Ordering::Relaxed) {
             return;
         }
-        if self.window_samples.load(Ordering::Relaxed) < MIN_WINDOW_SAMPLES {
+        if self.window_samples.sum() < i64::try_from(MIN_WINDOW_SAMPLES).unwrap_or(i64::MAX) {
             // Too few to say anything: the window goes on, its samples kept.
             self.window_end.store(
                 since_epoch + nanos(self.settings.update_interval),
@@ -238,8 +241,8 @@ impl Controller {
             since_epoch + nanos(self.settings.update_interval),
             Ordering::Relaxed,
         );
-        let total = self.window_nanos.swap(0, Ordering::Relaxed);
-        let count = self.window_samples.swap(0, Ordering::Relaxed);
+        let total = u64::try_from(self.window_nanos.take()).unwrap_or(0);
+        let count = u64::try_from(self.window_samples.take()).unwrap_or(0);
         self.update(&mut estimator, total, count, now, shed());
     }
 
@@ -422,7 +425,7 @@ mod tests {
             controller.record(sample, Instant::now(), || shed);
         }
         assert_eq!(controller.limit(), before, "seven samples are not a window");
-        let stored = controller.window_samples.load(Ordering::Relaxed);
+        let stored = controller.window_samples();
         assert_eq!(stored, 7, "kept for the window that has enough");
     }
 

@@ -110,10 +110,9 @@ where
             tracing::debug!(%priority, "shedding request: server full for its priority");
             return LoadShedFuture::refused(Refusal::Overload(settings.retry_after.clone()));
         };
-        state.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        state.counters.admitted.add(1);
         let upload = req.extensions().get::<UploadProgress>().cloned();
         let deadline = ctx.deadline().map(|d| d.instant());
-        let expiry = deadline.map(tokio::time::sleep_until);
         LoadShedFuture {
             state: State::Admitted {
                 inner: self.inner.call(req),
@@ -122,7 +121,8 @@ where
                 started: now,
                 upload,
                 deadline,
-                expiry,
+                expiry: None,
+                expiry_armed: false,
             },
         }
     }
@@ -171,8 +171,11 @@ pin_project! {
             started: Instant,
             upload: Option<UploadProgress>,
             deadline: Option<Instant>,
+            // Set at the first `Pending`: most handlers answer at once, and a timer costs a
+            // lookup of the runtime and a place in its wheel.
             #[pin]
             expiry: Option<Sleep>,
+            expiry_armed: bool,
         },
     }
 }
@@ -216,10 +219,17 @@ where
                 upload,
                 deadline,
                 mut expiry,
+                expiry_armed,
             } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => result,
                     Poll::Pending => {
+                        if !*expiry_armed {
+                            *expiry_armed = true;
+                            if let Some(deadline) = *deadline {
+                                expiry.set(Some(tokio::time::sleep_until(deadline)));
+                            }
+                        }
                         if let Some(sleep) = expiry.as_mut().as_pin_mut() {
                             if sleep.poll(cx).is_ready() {
                                 expiry.set(None);

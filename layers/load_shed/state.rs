@@ -51,7 +51,7 @@ impl State {
         LoadShedStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             limit: self.limit(settings, Priority::High),
-            admitted: c.admitted.load(Ordering::Relaxed),
+            admitted: u64::try_from(c.admitted.sum()).unwrap_or(0),
             shed_overload: [0, 1, 2].map(|i| c.shed_overload[i].load(Ordering::Relaxed)),
             refused_deadline: c.refused_deadline.load(Ordering::Relaxed),
             released_at_deadline: c.released_at_deadline.load(Ordering::Relaxed),

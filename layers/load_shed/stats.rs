@@ -2,15 +2,28 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::sharded::ShardedCounter;
+
 use crate::context::Priority;
 
 /// The shedder's counters, shared by every service of a layer and its clones.
-#[derive(Default)]
 pub(super) struct Counters {
-    pub(super) admitted: AtomicU64,
+    /// Written by every admitted request, from every core: split per core.
+    pub(super) admitted: ShardedCounter,
     pub(super) shed_overload: [AtomicU64; 3],
     pub(super) refused_deadline: AtomicU64,
     pub(super) released_at_deadline: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            admitted: ShardedCounter::new(),
+            shed_overload: Default::default(),
+            refused_deadline: AtomicU64::new(0),
+            released_at_deadline: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Which priority index a counter array uses.

@@ -77,6 +77,7 @@
 mod breaker;
 mod client;
 mod exposition;
+mod gauge;
 mod labels;
 #[cfg(feature = "load-shed")]
 mod load_shed;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::gauge::{in_flight_gauge, InFlight};
 use super::labels::method_label;
 use super::series::SeriesTable;
 use super::{MetricNames, MetricsConfig};
@@ -22,7 +23,7 @@ use crate::headers;
 struct Instruments {
     /// By client, method, route and status.
     duration: SeriesTable<4>,
-    in_flight: IntGauge,
+    in_flight: InFlight,
 }
 
 /// The server's open-ended labels, client and route. The server table forgets the least recently
@@ -65,7 +66,8 @@ impl ServerMetrics {
             "Server label sets forgotten, least recently used first, to keep under their cap.",
         ))?;
         registry.register(names.server_collector(duration.clone())?)?;
-        registry.register(Box::new(in_flight.clone()))?;
+        let (in_flight, in_flight_collector) = in_flight_gauge(in_flight);
+        registry.register(Box::new(in_flight_collector))?;
         registry.register(Box::new(overflow.clone()))?;
         Ok(ServerMetrics {
             instruments: Arc::new(Instruments {

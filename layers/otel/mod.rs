@@ -180,10 +180,23 @@ fn record_error(span: &Span, error: &(dyn std::error::Error + 'static)) {
 
 /// A span's name as the conventions give it: `GET /users/{id}` with a route template, else the
 /// method alone (a raw path would make one name per user id).
-fn span_name(method: &str, template: Option<&str>) -> String {
-    match template {
-        Some(template) => format!("{method} {template}"),
-        None => method.to_owned(),
+fn span_name<'a>(method: &'a str, template: Option<&'a str>) -> SpanName<'a> {
+    SpanName { method, template }
+}
+
+/// A span's name, `GET /users/{id}`, written only when a subscriber or `log` formats it: spans
+/// are made for every request, and most of them are never shown.
+struct SpanName<'a> {
+    method: &'a str,
+    template: Option<&'a str>,
+}
+
+impl fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.template {
+            Some(template) => write!(f, "{} {template}", self.method),
+            None => f.write_str(self.method),
+        }
     }
 }
 

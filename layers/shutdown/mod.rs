@@ -70,7 +70,7 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -80,6 +80,8 @@ use pin_project_lite::pin_project;
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
+
+use crate::sharded::ShardedCounter;
 
 #[cfg(test)]
 mod tests;
@@ -97,8 +99,11 @@ pub struct Shutdown {
 
 struct State {
     draining: watch::Sender<bool>,
+    /// `draining`, for the per-request check: a load, where the watch takes a lock.
+    draining_now: AtomicBool,
     forced: watch::Sender<bool>,
-    in_flight: AtomicUsize,
+    /// Split per core: every request writes it twice, from whichever core serves it.
+    in_flight: ShardedCounter,
     /// Live [`DrainGuard`]s, as a watch so the drain can wait for zero.
     guards: watch::Sender<usize>,
 }
@@ -127,8 +132,9 @@ impl Shutdown {
         Shutdown {
             state: Arc::new(State {
                 draining: watch::Sender::new(false),
+                draining_now: AtomicBool::new(false),
                 forced: watch::Sender::new(false),
-                in_flight: AtomicUsize::new(0),
+                in_flight: ShardedCounter::new(),
                 guards: watch::Sender::new(0),
             }),
             drain_delay: Duration::ZERO,
@@ -151,6 +157,7 @@ impl Shutdown {
 
     /// Starts the drain; later calls do nothing.
     pub fn trigger(&self) {
+        self.state.draining_now.store(true, Ordering::Release);
         let first = !self.state.draining.send_replace(true);
         if first {
             tracing::info!(
@@ -216,7 +223,9 @@ impl Shutdown {
 
     /// Requests inside a [`DrainLayer`] of this handle that have not been answered yet.
     pub fn in_flight(&self) -> usize {
-        self.state.in_flight.load(Ordering::Acquire)
+        // A count taken away on another core than it was added on may be read before the
+        // addition: never below zero.
+        usize::try_from(self.state.in_flight.sum()).unwrap_or(0)
     }
 
     /// Resolves when shutdown is triggered.
@@ -415,7 +424,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // HTTP/2 forbids connection headers; hyper's graceful shutdown sends GOAWAY there instead.
         let http1 = req.version() <= Version::HTTP_11;
-        self.shutdown.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.shutdown.state.in_flight.add(1);
         DrainFuture {
             inner: self.inner.call(req),
             guard: InFlight {
@@ -433,7 +442,7 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.state.in_flight.add(-1);
     }
 }
 
@@ -463,7 +472,7 @@ where
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
         if let Ok(response) = &mut result {
-            if *this.http1 && *this.guard.state.draining.borrow() {
+            if *this.http1 && this.guard.state.draining_now.load(Ordering::Acquire) {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
