@@ -27,16 +27,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower_lifeline::client::Client;
 use tower_lifeline::server::Server;
 use tower_lifeline::strategy::{Strategy, StrategyLayer};
+
+mod loopback;
+
+use loopback::{app, flag, keep_alive_round};
 
 struct Options {
     rounds: u32,
@@ -47,34 +50,12 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        rounds: 3,
-        secs: 3.0,
-        connections: 32,
-        only: None,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1);
-        match (args[i].as_str(), value) {
-            ("--rounds", Some(v)) => options.rounds = v.parse().expect("--rounds N"),
-            ("--secs", Some(v)) => options.secs = v.parse().expect("--secs S"),
-            ("--connections", Some(v)) => options.connections = v.parse().expect("--connections C"),
-            ("--only", Some(v)) => options.only = Some(v.clone()),
-            _ => {
-                // `cargo bench` adds `--bench`; anything else unknown is ignored too.
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Options {
+        rounds: flag("--rounds").unwrap_or(3),
+        secs: flag("--secs").unwrap_or(3.0),
+        connections: flag("--connections").unwrap_or(32),
+        only: flag("--only"),
     }
-    options
-}
-
-fn app() -> Router {
-    Router::new().route("/hello", get(|| async { "hello" }))
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -118,58 +99,13 @@ impl Tally {
     }
 }
 
-/// The same headers a tower-lifeline caller sends, to every server.
-fn hello(addr: SocketAddr) -> Request<Empty<Bytes>> {
-    Request::builder()
-        .uri("/hello")
-        .header("host", addr.to_string())
-        .header("x-request-timeout", "5")
-        .header("x-request-priority", "normal")
-        .body(Empty::new())
-        .expect("a valid request")
-}
-
-/// One round against a server: `connections` keep-alive connections, one request at a time each.
+/// One round against a server, added to its tally.
 async fn server_round(addr: SocketAddr, connections: usize, secs: f64, tally: &mut Tally) {
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(connection);
-            let mut latencies = Vec::with_capacity(65_536);
-            let mut errors = 0u64;
-            while Instant::now() < end {
-                let start = Instant::now();
-                let ok = match sender.send_request(hello(addr)).await {
-                    Ok(response) => {
-                        let ok = response.status() == 200;
-                        ok & response.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                };
-                if ok {
-                    latencies.push(start.elapsed().as_micros() as u32);
-                } else {
-                    errors += 1;
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    for task in tasks {
-        let (latencies, errors) = task.await.expect("load task");
-        tally.requests += latencies.len() as u64;
-        tally.errors += errors;
-        tally.latencies_us.extend(latencies);
-    }
-    tally.elapsed += started.elapsed();
+    let round = keep_alive_round(addr, connections, secs).await;
+    tally.requests += round.latencies_us.len() as u64;
+    tally.errors += round.errors;
+    tally.latencies_us.extend(round.latencies_us);
+    tally.elapsed += round.elapsed;
 }
 
 /// The clients compared, behind one call signature.

@@ -17,14 +17,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::routing::get;
-use axum::Router;
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
 use tower_lifeline::server::Server;
+
+mod loopback;
+
+use loopback::{app, flag, keep_alive_round};
 
 struct Options {
     rounds: u32,
@@ -34,39 +31,16 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        rounds: 5,
-        secs: 2.0,
-        connections: 32,
-        workers: vec![1, 2],
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1);
-        match (args[i].as_str(), value) {
-            ("--rounds", Some(v)) => options.rounds = v.parse().expect("--rounds R"),
-            ("--secs", Some(v)) => options.secs = v.parse().expect("--secs S"),
-            ("--connections", Some(v)) => options.connections = v.parse().expect("--connections C"),
-            ("--workers", Some(v)) => {
-                options.workers = v
-                    .split(',')
-                    .map(|n| n.parse().expect("--workers 1,2,..."))
-                    .collect();
-            }
-            _ => {
-                // `cargo bench` adds `--bench`; anything else unknown is ignored too.
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Options {
+        rounds: flag("--rounds").unwrap_or(5),
+        secs: flag("--secs").unwrap_or(2.0),
+        connections: flag("--connections").unwrap_or(32),
+        workers: flag::<String>("--workers").map_or(vec![1, 2], |list| {
+            list.split(',')
+                .map(|n| n.parse().expect("--workers 1,2,..."))
+                .collect()
+        }),
     }
-    options
-}
-
-fn app() -> Router {
-    Router::new().route("/hello", get(|| async { "hello" }))
 }
 
 /// CPU time (user and system) of this process's threads whose name starts with `prefix`.
@@ -103,42 +77,13 @@ struct Tally {
     server_cpu: Duration,
 }
 
-/// One round: `connections` keep-alive connections, one request at a time each.
+/// One round of load, with the CPU the server threads named `threads...` spent on it.
 async fn round(addr: SocketAddr, connections: usize, secs: f64, threads: &str, tally: &mut Tally) {
     let cpu_before = cpu_of_threads(threads);
-    let started = Instant::now();
-    let end = started + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(connection);
-            let mut ok = 0u64;
-            while Instant::now() < end {
-                let request = Request::builder()
-                    .uri("/hello")
-                    .header("host", addr.to_string())
-                    .header("x-request-timeout", "5")
-                    .header("x-request-priority", "normal")
-                    .body(Empty::<Bytes>::new())
-                    .expect("a valid request");
-                let response = sender.send_request(request).await.expect("an answer");
-                assert_eq!(response.status(), 200);
-                response.into_body().collect().await.expect("a body");
-                ok += 1;
-            }
-            ok
-        }));
-    }
-    for task in tasks {
-        tally.requests += task.await.expect("load task");
-    }
-    tally.elapsed += started.elapsed();
+    let round = keep_alive_round(addr, connections, secs).await;
+    assert_eq!(round.errors, 0, "every request answered 200 with its body");
+    tally.requests += round.latencies_us.len() as u64;
+    tally.elapsed += round.elapsed;
     tally.server_cpu += cpu_of_threads(threads).saturating_sub(cpu_before);
 }
 

@@ -122,7 +122,6 @@ where
                 upload,
                 deadline,
                 expiry: None,
-                expiry_armed: false,
             },
         }
     }
@@ -171,11 +170,11 @@ pin_project! {
             started: Instant,
             upload: Option<UploadProgress>,
             deadline: Option<Instant>,
-            // Set at the first `Pending`: most handlers answer at once, and a timer costs a
-            // lookup of the runtime and a place in its wheel.
+            // Set at the first `Pending` while the slot is held (so never again once it fired and
+            // gave the slot back): most handlers answer at once, and a timer costs a lookup of
+            // the runtime and a place in its wheel.
             #[pin]
             expiry: Option<Sleep>,
-            expiry_armed: bool,
         },
     }
 }
@@ -219,16 +218,13 @@ where
                 upload,
                 deadline,
                 mut expiry,
-                expiry_armed,
             } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => result,
                     Poll::Pending => {
-                        if !*expiry_armed {
-                            *expiry_armed = true;
-                            if let Some(deadline) = *deadline {
-                                expiry.set(Some(tokio::time::sleep_until(deadline)));
-                            }
+                        let held = slot.as_ref().is_some_and(|slot| slot.held);
+                        if let (true, Some(deadline)) = (expiry.is_none() && held, *deadline) {
+                            expiry.set(Some(tokio::time::sleep_until(deadline)));
                         }
                         if let Some(sleep) = expiry.as_mut().as_pin_mut() {
                             if sleep.poll(cx).is_ready() {
