@@ -1,17 +1,29 @@
 //! Heap allocations per call: each layer's happy path over a no-op service, the full stacks and
 //! the peers (the same cases as the `overhead` bench), counted by a global allocator.
 //!
-//! `cargo bench --bench allocations` prints one table. The bare row is the request's own
-//! allocations (its URI and two headers); a layer's own figure is its row minus the bare row.
+//! `cargo bench --bench allocations` prints two tables. In the first, the bare row is the
+//! request's own allocations (its URI and two headers); a layer's own figure is its row minus
+//! the bare row. The second counts whole requests on loopback sockets, one at a time: the
+//! `Client` preset against bare hyper-util, and over reqwest against bare reqwest, each sending
+//! `GET /hello` to the same bare axum server in the same process (the server's allocations are
+//! in every row alike).
 
 mod common;
+mod loopback;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::future::Future;
+
+use bytes::Bytes;
 use common::{check_once, each_case, request, Req, Visitor};
-use http::Response;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceExt};
+use tower_lifeline::client::Client;
+use tower_lifeline::strategy::{Strategy, StrategyLayer};
 
 /// Counts every allocation and reallocation, then hands it to the system allocator.
 struct Counting;
@@ -93,8 +105,120 @@ fn main() {
         .expect("a runtime");
     println!("| group | case | allocations per call | over bare | bytes per call |");
     println!("|---|---|---:|---:|---:|");
-    each_case(&mut Count {
+    let mut count = Count {
         runtime,
         bare: None,
+    };
+    each_case(&mut count);
+    on_sockets(&count.runtime);
+}
+
+const REQUESTS: u64 = 2_000;
+
+/// Allocations of `REQUESTS` calls of `call`, one at a time, after a warm-up.
+async fn count_requests<F: Future<Output = bool>>(mut call: impl FnMut() -> F) -> (f64, f64) {
+    for _ in 0..50 {
+        assert!(call().await, "the warm-up request failed");
+    }
+    let (a0, b0) = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    for _ in 0..REQUESTS {
+        assert!(call().await, "a request failed");
+    }
+    (
+        (ALLOCATIONS.load(Ordering::Relaxed) - a0) as f64 / REQUESTS as f64,
+        (BYTES.load(Ordering::Relaxed) - b0) as f64 / REQUESTS as f64,
+    )
+}
+
+/// The second table: whole requests on loopback, each variant beside its bare peer.
+fn on_sockets(runtime: &tokio::runtime::Runtime) {
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(async move { axum::serve(listener, loopback::app()).await });
+        let url = format!("http://{addr}/hello");
+
+        let bare = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let bare_hyper = count_requests(|| {
+            let request = Request::builder()
+                .uri(url.as_str())
+                .body(Full::default())
+                .expect("a valid request");
+            let bare = &bare;
+            async move {
+                match bare.request(request).await {
+                    Ok(response) => {
+                        response.status() == 200 && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        let lifeline = |client: Client| {
+            let url = url.clone();
+            async move {
+                count_requests(|| {
+                    let (client, url) = (&client, &url);
+                    async move {
+                        match client.get(url).send().await {
+                            Ok(response) => {
+                                response.status() == 200 && response.bytes().await.is_ok()
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                })
+                .await
+            }
+        };
+        let preset = lifeline(Client::builder().build().expect("client")).await;
+        let minimal = lifeline(
+            Client::builder()
+                .strategy(StrategyLayer::new().strategy(Strategy::single()))
+                .circuit_breaker(None)
+                .build()
+                .expect("client"),
+        )
+        .await;
+        let reqwest = reqwest::Client::new();
+        let bare_reqwest = count_requests(|| {
+            let (reqwest, url) = (&reqwest, &url);
+            async move {
+                match reqwest.get(url).send().await {
+                    Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        let over_reqwest = lifeline(
+            Client::builder()
+                .reqwest(reqwest.clone())
+                .build()
+                .expect("client"),
+        )
+        .await;
+
+        println!("\n| on loopback (whole process, server included) | allocations per request | over its bare peer | bytes per request |");
+        println!("|---|---:|---:|---:|");
+        for (name, (allocations, bytes), peer) in [
+            ("bare hyper-util client", bare_hyper, bare_hyper),
+            ("tower-lifeline `Client` (defaults)", preset, bare_hyper),
+            ("`Client`, single attempt, no breaker", minimal, bare_hyper),
+            ("bare reqwest client", bare_reqwest, bare_reqwest),
+            ("`Client` over that reqwest client", over_reqwest, bare_reqwest),
+        ] {
+            println!(
+                "| {name} | {allocations:.2} | {:+.2} | {bytes:.0} |",
+                allocations - peer.0
+            );
+        }
     });
 }

@@ -6,7 +6,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::body::ReplayBody;
@@ -25,7 +24,7 @@ use super::transport::connect;
 #[cfg(feature = "reqwest")]
 use super::ReqwestTransport;
 use super::{
-    redirect, AttemptHook, AttemptTrace, CallTrace, Client, ClientBody, ClientBuildError,
+    redirect, AttemptHook, AttemptTrace, CallTrace, Client, ClientBody, ClientBuildError, Stack,
     DEFAULT_MAX_REDIRECTS,
 };
 
@@ -422,14 +421,12 @@ impl ClientBuilder {
         let stack = match self.reqwest {
             // The user's own reqwest client: their TLS, proxies and pool settings apply.
             #[cfg(feature = "reqwest")]
-            Some(client) => BoxCloneSyncService::new(
+            Some(client) => Stack::new(
                 layers
                     .service(read_body.layer(ReqwestTransport::new(client)))
                     .map_err(Into::into),
             ),
-            _ => BoxCloneSyncService::new(
-                layers.service(read_body.layer(pooled)).map_err(Into::into),
-            ),
+            _ => Stack::new(layers.service(read_body.layer(pooled)).map_err(Into::into)),
         };
         Ok(Client {
             stack,

@@ -55,13 +55,15 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::Full;
-use tower::util::BoxCloneSyncService;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::circuit_breaker::BreakerRegistry;
 use crate::deadline::effective_deadline;
@@ -125,7 +127,43 @@ impl fmt::Debug for AttemptHook {
 #[derive(Debug, Clone, Copy)]
 struct NoRedirects;
 
-type Stack = BoxCloneSyncService<Request<ClientBody>, Response<FullBody>, BoxError>;
+/// The whole stack, its type erased.
+///
+/// Not a `BoxCloneSyncService`: that boxes a clone of the stack and then its future on every
+/// call, where one box holding both does (the clone is readied and called inside the future, as
+/// `ServiceExt::oneshot` does).
+#[derive(Clone)]
+struct Stack(Arc<dyn CallStack>);
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<FullBody>, BoxError>> + Send>>;
+
+trait CallStack: Send + Sync {
+    fn call(&self, request: Request<ClientBody>) -> ResponseFuture;
+}
+
+impl<S> CallStack for S
+where
+    S: Service<Request<ClientBody>, Response = Response<FullBody>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, request: Request<ClientBody>) -> ResponseFuture {
+        Box::pin(self.clone().oneshot(request))
+    }
+}
+
+impl Stack {
+    fn new<S: CallStack + 'static>(stack: S) -> Self {
+        Stack(Arc::new(stack))
+    }
+
+    fn call(&self, request: Request<ClientBody>) -> ResponseFuture {
+        self.0.call(request)
+    }
+}
 
 /// An HTTP client with the whole tower-lifeline client stack. Cheap to clone: clones share the
 /// pool, the retry budget and the metrics. See the [module docs](self).
@@ -227,15 +265,15 @@ impl Client {
         // Fixed here, once, and handed to the deadline layer as the explicit one, so that the call
         // and the reading of its body work to the same instant.
         let (deadline, _) = effective_deadline(request.extensions(), self.default_timeout);
-        request.extensions_mut().insert(deadline);
         let max = if request.extensions().get::<NoRedirects>().is_some() {
             0
         } else {
             self.max_redirects
         };
         // Kept only when redirects may be followed: a header map and extensions to copy.
-        let mut resend = (max > 0).then(|| Resend::of(&request));
-        let mut response = self.stack.clone().oneshot(request).await?;
+        let mut resend = (max > 0).then(|| Resend::of(&request, deadline));
+        request.extensions_mut().insert(deadline);
+        let mut response = self.stack.call(request).await?;
         let mut hops = 0;
         while let Some(resend) = resend.as_mut() {
             let next = resend.follow(
@@ -247,7 +285,7 @@ impl Client {
             let Some(next) = next else { break };
             hops += 1;
             tracing::debug!(uri = %next.uri(), hops, "following a redirect");
-            response = self.stack.clone().oneshot(next).await?;
+            response = self.stack.call(next).await?;
         }
         Ok(ClientResponse { response, deadline })
     }

@@ -164,8 +164,6 @@ impl<S> ConnectionLimit<S> {
     }
 }
 
-type Waiting = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
-
 impl<S, B> Service<Request<B>> for ConnectionLimit<S>
 where
     S: Service<Request<B>> + Clone,
@@ -180,9 +178,6 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The readied instance goes into the future; a clone stays for the next call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         // Written into a per-thread buffer rather than a `String` per call: only a call that has
         // to wait keeps a copy, for its error.
         let mut destination = DESTINATION_TEXT.take();
@@ -190,35 +185,46 @@ where
         crate::destination::write_destination(req.uri(), req.headers(), &mut destination);
         let semaphore = self.limits.semaphore(&destination);
         let state = match semaphore.clone().try_acquire_owned() {
-            // The common case: a permit at once, nothing boxed.
+            // The common case: a permit at once, the readied instance called in place, nothing
+            // cloned or boxed.
             Ok(permit) => State::Calling {
-                future: {
-                    let mut inner = inner;
-                    inner.call(req)
-                },
+                future: self.inner.call(req),
                 permit: Some(permit),
             },
             Err(_) => {
+                // The readied instance goes into the future; a clone stays for the next call.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
                 let timeout = self.limits.timeout;
+                // Boxed, request and all: the future every call moves stays the size of a call.
                 State::Waiting {
-                    waiting: Box::pin(async move {
-                        tokio::time::timeout(timeout, semaphore.acquire_owned())
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
+                    waiting: Box::new(Waiting {
+                        permit: Box::pin(async move {
+                            tokio::time::timeout(timeout, semaphore.acquire_owned())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        }),
+                        call: Some((inner, req)),
+                        error: PoolTimeout {
+                            destination: destination.clone(),
+                            waited: timeout,
+                            max: self.limits.max,
+                        },
                     }),
-                    call: Some((inner, req)),
-                    error: PoolTimeout {
-                        destination: destination.clone(),
-                        waited: timeout,
-                        max: self.limits.max,
-                    },
                 }
             }
         };
         DESTINATION_TEXT.set(destination);
         ConnectionLimitFuture { state }
     }
+}
+
+/// A call waiting for a permit of its destination.
+struct Waiting<S, R> {
+    permit: Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>,
+    call: Option<(S, R)>,
+    error: PoolTimeout,
 }
 
 pin_project! {
@@ -234,9 +240,7 @@ pin_project! {
     enum State<S: Service<R>, R> {
         Done,
         Waiting {
-            waiting: Waiting,
-            call: Option<(S, R)>,
-            error: PoolTimeout,
+            waiting: Box<Waiting<S, R>>,
         },
         Calling {
             #[pin]
@@ -258,17 +262,13 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    waiting,
-                    call,
-                    error,
-                } => {
-                    let Some(permit) = ready!(waiting.as_mut().poll(cx)) else {
-                        let error = Box::new(error.clone());
+                StateProj::Waiting { waiting } => {
+                    let Some(permit) = ready!(waiting.permit.as_mut().poll(cx)) else {
+                        let error = Box::new(waiting.error.clone());
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error));
                     };
-                    let Some((mut inner, req)) = call.take() else {
+                    let Some((mut inner, req)) = waiting.call.take() else {
                         return Poll::Ready(Err("connection limit polled after completion".into()));
                     };
                     let future = inner.call(req);

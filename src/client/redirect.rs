@@ -23,6 +23,7 @@ use http::header::{
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 
 use super::ClientBody;
+use crate::context::Deadline;
 
 /// In a hop's extensions once the redirects have left the first request's origin: the
 /// `on_attempt` hook does not run for it.
@@ -71,16 +72,21 @@ pub(super) struct Resend {
     headers: HeaderMap,
     extensions: http::Extensions,
     body: ClientBody,
+    deadline: Deadline,
 }
 
 impl Resend {
-    pub(super) fn of(request: &Request<ClientBody>) -> Self {
+    /// Kept before the call's deadline is added to `request`: most requests carry no extensions
+    /// of their own, and copying none costs nothing, where copying the deadline's map would
+    /// cost three allocations on every call for the rare one that is redirected.
+    pub(super) fn of(request: &Request<ClientBody>, deadline: Deadline) -> Self {
         Resend {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers: request.headers().clone(),
             extensions: request.extensions().clone(),
             body: request.body().clone(),
+            deadline,
         }
     }
 
@@ -150,6 +156,7 @@ impl Resend {
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         *request.extensions_mut() = self.extensions.clone();
+        request.extensions_mut().insert(self.deadline);
         Ok(Some(request))
     }
 }
@@ -286,7 +293,8 @@ mod tests {
     #[test]
     fn a_303_becomes_a_get_without_body_and_a_307_keeps_both() {
         let location = http::HeaderValue::from_static("/done");
-        let mut resend = Resend::of(&post());
+        let deadline = Deadline::after(std::time::Duration::from_secs(3));
+        let mut resend = Resend::of(&post(), deadline);
         let next = resend
             .follow(StatusCode::SEE_OTHER, Some(&location), 0, 10)
             .unwrap()
@@ -294,7 +302,9 @@ mod tests {
         assert_eq!(next.method(), Method::GET);
         assert!(next.headers().get(CONTENT_TYPE).is_none());
         assert_eq!(next.extensions().get::<u32>(), Some(&7));
-        let mut resend = Resend::of(&post());
+        // Each hop works to the first call's deadline, kept beside the copy rather than in it.
+        assert_eq!(next.extensions().get::<Deadline>(), Some(&deadline));
+        let mut resend = Resend::of(&post(), deadline);
         let next = resend
             .follow(StatusCode::TEMPORARY_REDIRECT, Some(&location), 0, 10)
             .unwrap()
@@ -308,7 +318,7 @@ mod tests {
         let request = Request::get("https://a/x")
             .body(ClientBody::default())
             .unwrap();
-        let mut resend = Resend::of(&request);
+        let mut resend = Resend::of(&request, Deadline::after(std::time::Duration::from_secs(3)));
         let cleartext = http::HeaderValue::from_static("http://a/x");
         assert!(resend
             .follow(StatusCode::FOUND, Some(&cleartext), 0, 10)
@@ -319,7 +329,7 @@ mod tests {
     #[test]
     fn credentials_do_not_follow_to_another_origin_and_the_count_is_bounded() {
         let elsewhere = http::HeaderValue::from_static("http://third-party/x");
-        let mut resend = Resend::of(&post());
+        let mut resend = Resend::of(&post(), Deadline::after(std::time::Duration::from_secs(3)));
         let next = resend
             .follow(StatusCode::PERMANENT_REDIRECT, Some(&elsewhere), 0, 10)
             .unwrap()

@@ -149,7 +149,13 @@ impl ClientResponse {
     /// The whole body. It was read inside the attempt, up to the client's `max_response_body`,
     /// so this cannot fail or wait; it stays `async` and fallible for the transports to come.
     pub async fn bytes(self) -> Result<Bytes, BoxError> {
-        Ok(self.response.into_body().collect().await?.to_bytes())
+        // The body is one frame already in memory: taken as it is, not collected into a list.
+        let frame = self.response.into_body().frame().await;
+        Ok(match frame {
+            Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            Some(Err(never)) => match never {},
+            None => Bytes::new(),
+        })
     }
 
     /// The whole body as UTF-8 text (invalid sequences replaced).
