@@ -142,6 +142,7 @@ async fn one_trace_spans_two_hops_with_retried_and_hedged_attempts_as_siblings()
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let b = server_b().await;
+    let b_port: i64 = b.rsplit(':').next().unwrap().parse().unwrap();
     let a = server_a(b).await;
     let client = Client::builder().service_name("edge").build().unwrap();
     let root = tracing::info_span!("edge request");
@@ -239,6 +240,19 @@ async fn one_trace_spans_two_hops_with_retried_and_hedged_attempts_as_siblings()
             Some(&Value::I64(1)),
             "{name}"
         );
+        // The destination, read from the URI only for a span that is recorded.
+        for span in [call, attempts[0], attempts[1]] {
+            assert_eq!(
+                attribute(span, "server.address"),
+                Some(&Value::from("127.0.0.1")),
+                "{name}"
+            );
+            assert_eq!(
+                attribute(span, "server.port"),
+                Some(&Value::I64(b_port)),
+                "{name}"
+            );
+        }
         assert_eq!(
             attribute(call, "tower_lifeline.attempts"),
             Some(&Value::I64(2)),

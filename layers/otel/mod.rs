@@ -268,9 +268,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let method = req.method().as_str();
-        let (host, port) = destination(&req);
         let template = req.extensions().get::<RouteTemplate>();
-        // Field values are only evaluated for an enabled span: no name is formatted otherwise.
+        // Field values are only evaluated for an enabled span: no name is formatted and no
+        // authority parsed otherwise.
         let span = tracing::info_span!(
             "HTTP client call",
             otel.name = %span_name(method, template.map(RouteTemplate::as_str)),
@@ -278,8 +278,8 @@ where
             otel.status_code = Empty,
             otel.status_description = Empty,
             http.request.method = method,
-            server.address = host,
-            server.port = port.map(i64::from),
+            server.address = destination(&req).0,
+            server.port = destination(&req).1.map(i64::from),
             url.template = template.map(RouteTemplate::as_str),
             http.response.status_code = Empty,
             error.type = Empty,
@@ -366,7 +366,6 @@ where
             None => (1, std::time::Duration::ZERO, Span::current(), "first"),
         };
         let method = req.method().as_str();
-        let (host, port) = destination(&req);
         let uri = req.uri();
         let template = req.extensions().get::<RouteTemplate>();
         let span = tracing::info_span!(
@@ -377,8 +376,9 @@ where
             otel.status_code = Empty,
             otel.status_description = Empty,
             http.request.method = method,
-            server.address = host,
-            server.port = port.map(i64::from),
+            // Evaluated only for an enabled span, as every field here.
+            server.address = destination(&req).0,
+            server.port = destination(&req).1.map(i64::from),
             url.full = %format_args!(
                 "{}://{}{}",
                 uri.scheme_str().unwrap_or("http"),
