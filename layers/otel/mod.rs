@@ -162,8 +162,18 @@ fn error_type(error: &(dyn std::error::Error + 'static)) -> &'static str {
 
 // Integers are recorded as `i64`: tracing-opentelemetry turns unsigned ones into strings.
 
+/// Enters `span` if it is recorded. A span nobody records is not entered: with tracing's `log`
+/// feature on and no subscriber set, entering, leaving and recording on it each go through
+/// `log`'s logger, several times per request for nothing.
+pub(crate) fn enter_recorded(span: &Span) -> Option<tracing::span::Entered<'_>> {
+    (!span.is_disabled()).then(|| span.enter())
+}
+
 /// Records a response's status on `span`; a status at or over `error_from` marks it an error.
 fn record_status(span: &Span, status: StatusCode, error_from: u16) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.as_u16() >= error_from {
         span.record("error.type", status.as_str());
@@ -173,6 +183,9 @@ fn record_status(span: &Span, status: StatusCode, error_from: u16) {
 
 /// Records an error on `span`.
 fn record_error(span: &Span, error: &(dyn std::error::Error + 'static)) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("error.type", error_type(error));
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", tracing::field::display(error));
@@ -318,7 +331,10 @@ where
             span: span.clone(),
         });
         req.extensions_mut().insert(CallTrace(state.clone()));
-        let inner = span.in_scope(|| self.inner.call(req));
+        let inner = {
+            let _entered = enter_recorded(&span);
+            self.inner.call(req)
+        };
         TraceFuture {
             inner,
             span,
@@ -415,7 +431,10 @@ where
             span.record("http.request.resend_count", i64::from(number - 1));
         }
         // Inside the span: the propagation layer below writes this attempt's context.
-        let inner = span.in_scope(|| self.inner.call(req));
+        let inner = {
+            let _entered = enter_recorded(&span);
+            self.inner.call(req)
+        };
         TraceFuture {
             inner,
             span,
@@ -468,7 +487,7 @@ where
         let this = self.project();
         // Entered while polling too: attempts a strategy starts later (retries, hedges) are
         // started from here, and must find the call's span current.
-        let _entered = this.span.enter();
+        let _entered = enter_recorded(this.span);
         let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
         match &result {
             // A client span is an error from 400 on (the conventions' rule for clients).
@@ -562,7 +581,10 @@ where
                 let _ = span.set_parent(parent);
             }
         }
-        let inner = span.in_scope(|| self.inner.call(req));
+        let inner = {
+            let _entered = enter_recorded(&span);
+            self.inner.call(req)
+        };
         ServerTraceFuture { inner, span }
     }
 }
@@ -591,7 +613,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // The handler runs inside the span: its client calls continue this trace.
-        let _entered = this.span.enter();
+        let _entered = enter_recorded(this.span);
         let result = std::task::ready!(this.inner.poll(cx));
         Poll::Ready(match result {
             // A server span is an error only for 5xx: a 4xx is the caller's mistake.
@@ -635,7 +657,10 @@ impl<B: http_body::Body> http_body::Body for TracedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = std::task::ready!(this.span.in_scope(|| this.inner.as_mut().poll_frame(cx)));
+        let frame = {
+            let _entered = enter_recorded(this.span);
+            std::task::ready!(this.inner.as_mut().poll_frame(cx))
+        };
         if frame.is_none() {
             // The end of the body: close the span now rather than when hyper drops the body.
             *this.span = Span::none();

@@ -91,7 +91,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Attempted<ResBody>> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        // Not entered when nobody records it: with tracing's `log` feature and no subscriber,
+        // entering and leaving a span each go through `log`'s logger.
+        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
         let polled = loop {
             match this.state.as_mut().project() {
                 AttemptStateProj::Readying { service, request } => match service.poll_ready(cx) {

@@ -205,14 +205,19 @@ where
             Ok(response) => classifier.classify_response(response.status(), response.headers()),
             Err(error) => classifier.classify_error(error.as_ref()),
         };
-        attempted.span.record("outcome", outcome.as_str());
-        attempted.span.in_scope(|| {
+        // Recorded on and entered only when someone records the span (see `Attempt::poll`).
+        let span = &attempted.span;
+        if !span.is_disabled() {
+            span.record("outcome", outcome.as_str());
+        }
+        {
+            let _entered = (!span.is_disabled()).then(|| span.enter());
             tracing::debug!(
                 latency = ?attempted.latency,
                 status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
                 "attempt finished"
-            )
-        });
+            );
+        }
         let sample = outcome.is_success()
             && attempted
                 .outcome
