@@ -102,6 +102,8 @@ mod builder;
 mod destination;
 #[cfg(any(feature = "shutdown", feature = "metrics", feature = "load-shed"))]
 mod sharded;
+#[cfg(any(feature = "strategy", feature = "opentelemetry"))]
+mod span;
 #[cfg(test)]
 mod test_util;
 pub use builder::ServiceBuilderExt;

@@ -97,6 +97,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::classify::FailureKind;
 use crate::context::RouteTemplate;
 use crate::error::BoxError;
+use crate::span::enter_recorded;
 
 /// The W3C trace context headers, which the propagation layer owns with its own.
 pub(crate) const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -161,13 +162,6 @@ fn error_type(error: &(dyn std::error::Error + 'static)) -> &'static str {
 }
 
 // Integers are recorded as `i64`: tracing-opentelemetry turns unsigned ones into strings.
-
-/// Enters `span` if it is recorded. A span nobody records is not entered: with tracing's `log`
-/// feature on and no subscriber set, entering, leaving and recording on it each go through
-/// `log`'s logger, several times per request for nothing.
-pub(crate) fn enter_recorded(span: &Span) -> Option<tracing::span::Entered<'_>> {
-    (!span.is_disabled()).then(|| span.enter())
-}
 
 /// Records a response's status on `span`; a status at or over `error_from` marks it an error.
 fn record_status(span: &Span, status: StatusCode, error_from: u16) {

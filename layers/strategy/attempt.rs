@@ -15,6 +15,7 @@ use crate::body::ReplayBody;
 use crate::context::RouteTemplate;
 use crate::deadline::DeadlineExceeded;
 use crate::error::BoxError;
+use crate::span::enter_recorded;
 
 use super::service::Answer;
 
@@ -91,9 +92,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Attempted<ResBody>> {
         let mut this = self.project();
-        // Not entered when nobody records it: with tracing's `log` feature and no subscriber,
-        // entering and leaving a span each go through `log`'s logger.
-        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
+        let _entered = enter_recorded(this.span);
         let polled = loop {
             match this.state.as_mut().project() {
                 AttemptStateProj::Readying { service, request } => match service.poll_ready(cx) {

@@ -16,6 +16,7 @@ use super::{Delays, LatencyKey, PercentileDelays, Strategy};
 use crate::body::{Replay, ReplayBody};
 use crate::classify::Classify;
 use crate::outcome::Outcome;
+use crate::span::enter_recorded;
 // A delay of `Duration::MAX` is a fair way to say "never": instants are capped, not overflowed.
 use crate::context::{instant_after, Deadline, DeadlineShare};
 use crate::error::BoxError;
@@ -211,7 +212,7 @@ where
             span.record("outcome", outcome.as_str());
         }
         {
-            let _entered = (!span.is_disabled()).then(|| span.enter());
+            let _entered = enter_recorded(span);
             tracing::debug!(
                 latency = ?attempted.latency,
                 status = attempted.outcome.as_ref().ok().map(|r| r.status().as_u16()),
