@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::future::Future;
 
-use bytes::Bytes;
 use common::{check_once, each_case, request, Req, Visitor};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::Response;
 use hyper_util::rt::TokioExecutor;
+use loopback::AnyClient;
 use tower::{Service, ServiceExt};
 use tower_lifeline::client::Client;
 use tower_lifeline::strategy::{Strategy, StrategyLayer};
@@ -143,67 +142,31 @@ fn on_sockets(runtime: &tokio::runtime::Runtime) {
         tokio::spawn(async move { axum::serve(listener, loopback::app()).await });
         let url = format!("http://{addr}/hello");
 
-        let bare = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
-        let bare_hyper = count_requests(|| {
-            let request = Request::builder()
-                .uri(url.as_str())
-                .body(Full::default())
-                .expect("a valid request");
-            let bare = &bare;
-            async move {
-                match bare.request(request).await {
-                    Ok(response) => {
-                        response.status() == 200 && response.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        let lifeline = |client: Client| {
+        let count = |client: AnyClient| {
             let url = url.clone();
-            async move {
-                count_requests(|| {
-                    let (client, url) = (&client, &url);
-                    async move {
-                        match client.get(url).send().await {
-                            Ok(response) => {
-                                response.status() == 200 && response.bytes().await.is_ok()
-                            }
-                            Err(_) => false,
-                        }
-                    }
-                })
-                .await
-            }
+            async move { count_requests(|| client.get(&url)).await }
         };
-        let preset = lifeline(Client::builder().build().expect("client")).await;
-        let minimal = lifeline(
+        let bare_hyper = count(AnyClient::Bare(
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        ))
+        .await;
+        let preset = count(AnyClient::Lifeline(
+            Client::builder().build().expect("client"),
+        ))
+        .await;
+        let minimal = count(AnyClient::Lifeline(
             Client::builder()
                 .strategy(StrategyLayer::new().strategy(Strategy::single()))
                 .circuit_breaker(None)
                 .build()
                 .expect("client"),
-        )
+        ))
         .await;
         let reqwest = reqwest::Client::new();
-        let bare_reqwest = count_requests(|| {
-            let (reqwest, url) = (&reqwest, &url);
-            async move {
-                match reqwest.get(url).send().await {
-                    Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        let over_reqwest = lifeline(
-            Client::builder()
-                .reqwest(reqwest.clone())
-                .build()
-                .expect("client"),
-        )
+        let bare_reqwest = count(AnyClient::Reqwest(reqwest.clone())).await;
+        let over_reqwest = count(AnyClient::Lifeline(
+            Client::builder().reqwest(reqwest).build().expect("client"),
+        ))
         .await;
 
         println!("\n| on loopback (whole process, server included) | allocations per request | over its bare peer | bytes per request |");

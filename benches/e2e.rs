@@ -28,9 +28,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower_lifeline::client::Client;
@@ -39,7 +36,7 @@ use tower_lifeline::strategy::{Strategy, StrategyLayer};
 
 mod loopback;
 
-use loopback::{app, flag, keep_alive_round};
+use loopback::{app, flag, keep_alive_round, AnyClient};
 
 struct Options {
     rounds: u32,
@@ -108,47 +105,6 @@ async fn server_round(addr: SocketAddr, connections: usize, secs: f64, tally: &m
     tally.elapsed += round.elapsed;
 }
 
-/// The clients compared, behind one call signature.
-#[derive(Clone)]
-enum AnyClient {
-    Bare(
-        hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            Full<Bytes>,
-        >,
-    ),
-    Lifeline(Client),
-    Reqwest(reqwest::Client),
-}
-
-impl AnyClient {
-    async fn hello(&self, addr: SocketAddr) -> bool {
-        let url = format!("http://{addr}/hello");
-        match self {
-            AnyClient::Bare(client) => {
-                let request = Request::builder()
-                    .uri(url)
-                    .body(Full::default())
-                    .expect("a valid request");
-                match client.request(request).await {
-                    Ok(response) => {
-                        response.status() == 200 && response.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                }
-            }
-            AnyClient::Reqwest(client) => match client.get(&url).send().await {
-                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
-                Err(_) => false,
-            },
-            AnyClient::Lifeline(client) => match client.get(&url).send().await {
-                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
-                Err(_) => false,
-            },
-        }
-    }
-}
-
 async fn client_round(
     client: &AnyClient,
     addr: SocketAddr,
@@ -166,7 +122,7 @@ async fn client_round(
             let mut errors = 0u64;
             while Instant::now() < end {
                 let start = Instant::now();
-                if client.hello(addr).await {
+                if client.get(&format!("http://{addr}/hello")).await {
                     latencies.push(start.elapsed().as_micros() as u32);
                 } else {
                     errors += 1;

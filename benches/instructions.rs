@@ -14,10 +14,8 @@ mod loopback;
 
 use std::process::Command;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioExecutor;
-use loopback::flag;
+use loopback::{flag, AnyClient};
 use tower_lifeline::client::Client;
 use tower_lifeline::server::Server;
 use tower_lifeline::strategy::{Strategy, StrategyLayer};
@@ -156,53 +154,26 @@ fn send(client: &str, server: &str, requests: u32) {
         };
         tokio::spawn(async move { axum::serve(listener, app).await });
         let url = format!("http://{addr}/hello");
-        let hyper_util = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
         let reqwest = reqwest::Client::new();
-        let preset = match client {
-            "client" => Some(Client::builder().build().expect("client")),
-            "client-single" => Some(
+        let client = match client {
+            "client" => AnyClient::Lifeline(Client::builder().build().expect("client")),
+            "client-single" => AnyClient::Lifeline(
                 Client::builder()
                     .strategy(StrategyLayer::new().strategy(Strategy::single()))
                     .circuit_breaker(None)
                     .build()
                     .expect("client"),
             ),
-            "client-reqwest" => Some(
-                Client::builder()
-                    .reqwest(reqwest.clone())
-                    .build()
-                    .expect("client"),
+            "client-reqwest" => {
+                AnyClient::Lifeline(Client::builder().reqwest(reqwest).build().expect("client"))
+            }
+            "reqwest" => AnyClient::Reqwest(reqwest),
+            _ => AnyClient::Bare(
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
             ),
-            _ => None,
         };
         for _ in 0..requests + 20 {
-            let ok = match (&preset, client) {
-                (Some(preset), _) => match preset.get(&url).send().await {
-                    Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                },
-                (None, "reqwest") => match reqwest.get(&url).send().await {
-                    Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                },
-                (None, _) => {
-                    // The headers the preset sends, so that the servers parse the same request.
-                    let request = loopback::hello(addr).map(|_| Full::default()).into_parts();
-                    let (mut parts, body) = request;
-                    parts.uri = url.parse().expect("a valid URL");
-                    match hyper_util
-                        .request(http::Request::from_parts(parts, body))
-                        .await
-                    {
-                        Ok(response) => {
-                            response.status() == 200 && response.into_body().collect().await.is_ok()
-                        }
-                        Err(_) => false,
-                    }
-                }
-            };
-            assert!(ok, "a request failed");
+            assert!(client.get(&url).await, "a request failed");
         }
     });
 }

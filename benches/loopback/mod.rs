@@ -1,5 +1,6 @@
-//! What the loopback benches (`e2e`, `scaling`) share: their flags, the app they serve and the
-//! keep-alive load they put on a server.
+//! What the loopback benches (`e2e`, `scaling`, `allocations`, `instructions`) share: their
+//! flags, the app they serve, the keep-alive load they put on a server and the clients they
+//! compare.
 
 #![allow(dead_code)]
 
@@ -11,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
@@ -100,4 +101,45 @@ pub async fn keep_alive_round(addr: SocketAddr, connections: usize, secs: f64) -
     }
     round.elapsed = started.elapsed();
     round
+}
+
+/// The clients compared, behind one call.
+#[derive(Clone)]
+pub enum AnyClient {
+    Bare(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
+    ),
+    Lifeline(tower_lifeline::client::Client),
+    Reqwest(reqwest::Client),
+}
+
+impl AnyClient {
+    /// `GET url`: whether it answered `200` with its whole body.
+    pub async fn get(&self, url: &str) -> bool {
+        match self {
+            AnyClient::Bare(client) => {
+                let request = Request::builder()
+                    .uri(url)
+                    .body(Full::default())
+                    .expect("a valid request");
+                match client.request(request).await {
+                    Ok(response) => {
+                        response.status() == 200 && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+            AnyClient::Reqwest(client) => match client.get(url).send().await {
+                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            },
+            AnyClient::Lifeline(client) => match client.get(url).send().await {
+                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
 }
